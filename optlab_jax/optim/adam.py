@@ -1,0 +1,65 @@
+"""Adam and its Nesterov variant Nadam, on optax's `scale_by_adam`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from optlab_jax.optim import base
+from optlab_jax.optim.registry import register
+
+
+def scale_by_adam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+  """Adam direction (optax's `scale_by_adam`, with checked hyperparameters).
+
+  Update rule:
+    m_t = β1 m_{t-1} + (1 − β1) g_t,     v_t = β2 v_{t-1} + (1 − β2) g_t²
+    m̂_t = m_t / (1 − β1ᵗ),               v̂_t = v_t / (1 − β2ᵗ)
+    d_t = m̂_t / (√(v̂_t + eps_root) + eps)
+  Nadam (`nesterov=True`) uses m̂_t = β1 m_t/(1 − β1ᵗ⁺¹) + (1 − β1) g_t/(1 − β1ᵗ).
+
+  References: Kingma & Ba, 2015, Adam: A method for stochastic optimization
+  (arXiv:1412.6980); Dozat, 2016, Incorporating Nesterov momentum into Adam.
+  """
+  base.check_decay("b1", b1)
+  base.check_decay("b2", b2)
+  base.check_nonnegative("eps", eps)
+  base.check_nonnegative("eps_root", eps_root)
+  return optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
+
+
+@register("adam")
+def adam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Adam: p ← p − lr · d_t with d_t from `scale_by_adam`."""
+  return base.alias(scale_by_adam(b1, b2, eps, eps_root, mu_dtype), learning_rate=learning_rate)
+
+
+@register("nadam")
+def nadam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Nadam: Adam with a Nesterov look-ahead on the first moment (see `scale_by_adam`)."""
+  return base.alias(
+      scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=True), learning_rate=learning_rate
+  )

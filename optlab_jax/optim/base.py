@@ -1,0 +1,139 @@
+"""The optimizer contract's shared parts: hyperparameter checks, extra-arg checks, aliases.
+
+Every optimizer validates its hyperparameters at construction with `check_*` (a `ValueError`
+that names the argument, the value and the allowed range), asks for missing extra arguments
+with `require_extra_arg`, and builds its user-facing alias with `alias`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def _concrete(value: Any) -> float | None:
+  """The value as a float, or None when it is traced (then it cannot be checked)."""
+  if isinstance(value, jax.core.Tracer):
+    return None
+  try:
+    return float(value)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"expected a number, got {value!r}") from e
+
+
+def check_in_range(
+    name: str,
+    value: Any,
+    lower: float = -math.inf,
+    upper: float = math.inf,
+    *,
+    lower_open: bool = False,
+    upper_open: bool = False,
+) -> None:
+  """Raises `ValueError` naming `name` unless `value` lies in the given interval.
+
+  Traced values (``optax.inject_hyperparams`` under ``jit``) pass unchecked: they were
+  checked when the transform was first built with concrete values.
+  """
+  x = _concrete(value)
+  if x is None:
+    return
+  below = x <= lower if lower_open else x < lower
+  above = x >= upper if upper_open else x > upper
+  if below or above or math.isnan(x):
+    left = "(" if lower_open else "["
+    right = ")" if upper_open else "]"
+    raise ValueError(f"{name}={value!r} is out of range; expected {name} in {left}{lower}, {upper}{right}")
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+  """`ValueError` unless value >= 0."""
+  check_in_range(name, value, 0.0)
+
+
+def check_positive(name: str, value: Any) -> None:
+  """`ValueError` unless value > 0."""
+  check_in_range(name, value, 0.0, lower_open=True)
+
+
+def check_decay(name: str, value: Any) -> None:
+  """`ValueError` unless value is in [0, 1) (EMA decay rates, momenta)."""
+  check_in_range(name, value, 0.0, 1.0, upper_open=True)
+
+
+def check_positive_int(name: str, value: Any) -> None:
+  """`ValueError` unless value is an integer >= 1 (periods, intervals, sizes)."""
+  x = _concrete(value)
+  if x is not None and (x < 1 or x != int(x)):
+    raise ValueError(f"{name}={value!r} is out of range; expected an integer {name} >= 1")
+
+
+def check_learning_rate(learning_rate: optax.ScalarOrSchedule) -> None:
+  """A learning rate is a schedule (callable) or a number >= 0."""
+  if not callable(learning_rate):
+    check_nonnegative("learning_rate", learning_rate)
+
+
+def require_extra_arg(name: str, value: Any, example: str) -> None:
+  """Raises `ValueError` telling the caller which keyword to pass to `update`, if missing."""
+  if value is None:
+    raise ValueError(
+        f"this optimizer needs the keyword argument `{name}` in update(); "
+        f"call tx.update(grads, state, params, {example})"
+    )
+
+
+def _is_float(x: Any) -> bool:
+  return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def integer_leaves_untouched(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """Applies `tx` to the floating-point leaves only; integer leaves get zero updates.
+
+  When every leaf is floating point (the common case) `tx` runs as it is, so its state
+  keeps its own structure and second-order transforms see the whole params tree.
+  """
+  tx = optax.with_extra_args_support(tx)
+  masked = optax.masked(tx, lambda tree: jax.tree.map(_is_float, tree))
+
+  def all_float(tree):
+    return all(_is_float(x) for x in jax.tree.leaves(tree))
+
+  def init_fn(params):
+    return tx.init(params) if all_float(params) else masked.init(params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if all_float(updates):
+      return tx.update(updates, state, params, **extra_args)
+    updates, state = masked.update(updates, state, params, **extra_args)
+    updates = jax.tree.map(lambda u: u if _is_float(u) else jnp.zeros_like(u), updates)
+    return updates, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def alias(
+    *transforms: optax.GradientTransformation,
+    learning_rate: optax.ScalarOrSchedule,
+) -> optax.GradientTransformationExtraArgs:
+  """The user-facing optimizer: `chain(*transforms, scale_by_learning_rate(lr))`.
+
+  Integer leaves of params are left untouched (see `integer_leaves_untouched`).
+  """
+  check_learning_rate(learning_rate)
+  return integer_leaves_untouched(
+      optax.chain(*transforms, optax.scale_by_learning_rate(learning_rate))
+  )
+
+
+def maybe_weight_decay(weight_decay: Any, mask: Any = None) -> optax.GradientTransformation:
+  """`optax.add_decayed_weights` after checking `weight_decay >= 0`."""
+  check_nonnegative("weight_decay", weight_decay)
+  return optax.add_decayed_weights(weight_decay, mask)
+
+
+Factory = Callable[..., optax.GradientTransformationExtraArgs]

@@ -1,0 +1,48 @@
+"""Stochastic gradient descent, with heavy-ball or Nesterov momentum."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from optlab_jax.optim import base
+from optlab_jax.optim.registry import register
+
+
+def scale_by_sgd(momentum: float | None = None, nesterov: bool = False) -> optax.GradientTransformation:
+  """SGD direction: the gradient, or its momentum trace.
+
+  Update rule (heavy ball):   m_t = β m_{t-1} + g_t,   d_t = m_t
+  Update rule (Nesterov):     m_t = β m_{t-1} + g_t,   d_t = g_t + β m_t
+  With `momentum=None` the direction is g_t and the transform keeps no state.
+
+  References: Robbins & Monro, 1951, A stochastic approximation method; Polyak, 1964,
+  Some methods of speeding up the convergence of iteration methods; Sutskever et al., 2013,
+  On the importance of initialization and momentum in deep learning (Nesterov form).
+  """
+  if momentum is None:
+    if nesterov:
+      raise ValueError("nesterov=True needs a momentum; expected momentum in [0, 1)")
+    return optax.identity()
+  base.check_decay("momentum", momentum)
+  return optax.trace(decay=momentum, nesterov=nesterov)
+
+
+@register("sgd")
+def sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    weight_decay_mask: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """SGD: p ← p − lr · (d_t + wd · p), with d_t from `scale_by_sgd`.
+
+  Weight decay is coupled (added to the gradient before momentum), as in classic SGD.
+  """
+  return base.alias(
+      base.maybe_weight_decay(weight_decay, weight_decay_mask),
+      scale_by_sgd(momentum, nesterov),
+      learning_rate=learning_rate,
+  )

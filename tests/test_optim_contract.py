@@ -1,0 +1,221 @@
+"""The optimizer contract, checked for every name in the registry (no per-optimizer cases
+except the tuning table below).
+
+TUNING: per optimizer and problem, (learning_rate, steps, tolerance on the final loss).
+Optimizers differ in their natural step size, so the table is the only special-casing.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from optlab_jax import optim
+from tests import problems_for_tests as P
+
+NAMES = optim.names()
+
+# name -> {problem: (learning_rate, steps, tolerance on loss − minimum)}.
+DEFAULT_TUNING = {"quadratic": (0.05, 1000, 1e-4), "rosenbrock": (0.02, 3000, 1e-3)}
+TUNING: dict[str, dict[str, tuple[float, int, float]]] = {
+    "sgd": {"quadratic": (0.015, 1000, 1e-4), "rosenbrock": (1e-3, 3000, 5e-2)},
+}
+# Hyperparameters that set shapes or structure, so they cannot be traced by inject_hyperparams.
+STRUCTURAL: dict[str, set[str]] = {}
+
+
+def tuning(name, problem):
+  return {**DEFAULT_TUNING, **TUNING.get(name, {})}[problem]
+
+
+def run(tx, problem: P.Problem, steps: int):
+  """`steps` updates of `tx` on `problem`, in one jitted lax.scan; returns final params."""
+
+  def step(carry, _):
+    params, state = carry
+    extra = P.extra_args(problem, params)
+    updates, state = tx.update(extra["grad"], state, params, **extra)
+    return (optax.apply_updates(params, updates), state), None
+
+  (params, _), _ = jax.jit(lambda c: jax.lax.scan(step, c, length=steps))((problem.params, tx.init(problem.params)))
+  return params
+
+
+def numeric_hyperparams(name) -> dict:
+  """Numeric keyword defaults of the alias (bools, None and structural ones excluded)."""
+  sig = inspect.signature(optim.get(name))
+  out = {}
+  for k, p in sig.parameters.items():
+    d = p.default
+    if k == "learning_rate" or isinstance(d, bool) or k in STRUCTURAL.get(name, set()):
+      continue
+    if isinstance(d, (int, float)):
+      out[k] = d
+  return out
+
+
+def one_update(tx, problem, params=None, grads=None, state=None):
+  params = problem.params if params is None else params
+  extra = P.extra_args(problem, params)
+  grads = extra["grad"] if grads is None else grads
+  state = tx.init(params) if state is None else state
+  return tx.update(grads, state, params, **extra)
+
+
+@pytest.mark.parametrize("problem_name", ["quadratic", "rosenbrock"])
+@pytest.mark.parametrize("name", NAMES)
+def test_converges(name, problem_name):
+  lr, steps, tol = tuning(name, problem_name)
+  problem = getattr(P, problem_name)(jnp.float64)
+  params = run(optim.get(name)(lr), problem, steps)
+  loss = float(problem.obj_fn(params))
+  assert loss - problem.minimum <= tol, f"{name} on {problem_name}: loss {loss:.3e} > {tol:.0e}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_matches_eager_and_compiles_once(name):
+  problem = P.quadratic(jnp.float32)
+  tx = optim.get(name)(1e-2)
+  traces = []
+
+  def update(grads, state, params):
+    traces.append(1)
+    extra = P.extra_args(problem, params)
+    return tx.update(grads, state, params, **extra)
+
+  state = tx.init(problem.params)
+  grads = P.extra_args(problem, problem.params)["grad"]
+  eager_updates, eager_state = update(grads, state, problem.params)
+  jitted = jax.jit(update)
+  jit_updates, jit_state = jitted(grads, state, problem.params)
+  chex.assert_trees_all_close(jit_updates, eager_updates, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(jit_state, eager_state, rtol=1e-5, atol=1e-7)
+  params = optax.apply_updates(problem.params, jit_updates)
+  jitted(grads, jit_state, params)
+  assert len(traces) == 2, "second jitted call retraced (1 eager + 1 traced expected)"
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("name", NAMES)
+def test_state_structure_and_dtype_stable(name, dtype):
+  problem = P.quadratic(dtype)
+  tx = optim.get(name)(1e-2)
+  state = tx.init(problem.params)
+  params = problem.params
+  first = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+  for _ in range(3):
+    updates, state = one_update(tx, problem, params, state=state)
+    chex.assert_trees_all_equal_dtypes(updates, params)
+    params = optax.apply_updates(params, updates)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == first
+  for leaf in jax.tree.leaves(state):
+    if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.ndim > 0:
+      assert leaf.dtype == dtype, f"state leaf of dtype {leaf.dtype} for {jnp.dtype(dtype)} params"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inject_hyperparams_every_numeric_hyperparameter(name):
+  problem = P.quadratic(jnp.float32)
+  hp = numeric_hyperparams(name)
+  plain = optim.get(name)(1e-2, **hp)
+  injected = optax.inject_hyperparams(optim.get(name))(learning_rate=1e-2, **hp)
+  state_p, state_i = plain.init(problem.params), injected.init(problem.params)
+  assert set(hp) | {"learning_rate"} <= set(state_i.hyperparams)
+  params_p = params_i = problem.params
+  update_i = jax.jit(lambda g, s, p: injected.update(g, s, p, **P.extra_args(problem, p)))
+  for _ in range(3):
+    up, state_p = one_update(plain, problem, params_p, state=state_p)
+    ui, state_i = update_i(P.extra_args(problem, params_i)["grad"], state_i, params_i)
+    chex.assert_trees_all_close(ui, up, rtol=1e-5, atol=1e-7)
+    params_p, params_i = optax.apply_updates(params_p, up), optax.apply_updates(params_i, ui)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chain_with_clipping_clips_first(name):
+  problem = P.quadratic(jnp.float64)
+  grads = P.extra_args(problem, problem.params)["grad"]
+  clipped = jax.tree.map(lambda g: g * 0.5 / optax.tree.norm(grads), grads)
+  chained = optax.chain(optax.clip_by_global_norm(0.5), optim.get(name)(1e-2))
+  u_chain, _ = one_update(chained, problem, grads=grads)
+  u_direct, _ = one_update(optim.get(name)(1e-2), problem, grads=clipped)
+  chex.assert_trees_all_close(u_chain, u_direct, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_multisteps_applies_mean_gradient(name):
+  problem = P.quadratic(jnp.float64)
+  g = P.extra_args(problem, problem.params)["grad"]
+  g1, g2 = jax.tree.map(lambda x: 0.5 * x, g), jax.tree.map(lambda x: 1.5 * x, g)
+  tx = optax.MultiSteps(optim.get(name)(1e-2), every_k_schedule=2, accumulator_dtype=jnp.float64)
+  state = tx.init(problem.params)
+  u1, state = one_update(tx, problem, grads=g1, state=state)
+  u2, state = one_update(tx, problem, grads=g2, state=state)
+  chex.assert_trees_all_close(u1, jax.tree.map(jnp.zeros_like, u1))
+  expected, _ = one_update(optim.get(name)(1e-2), problem, grads=g)
+  chex.assert_trees_all_close(u2, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_schedule_learning_rate(name):
+  problem = P.quadratic(jnp.float64)
+  const, _ = one_update(optim.get(name)(0.03), problem)
+  sched, _ = one_update(optim.get(name)(optax.constant_schedule(0.03)), problem)
+  chex.assert_trees_all_close(sched, const, rtol=1e-12)
+  zero_first = optax.linear_schedule(0.0, 0.1, 10)
+  u, _ = one_update(optim.get(name)(zero_first), problem)
+  assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree.leaves(u))
+
+
+# Which bad value each kind of hyperparameter gets, by name.
+def _bad_value(key: str, default):
+  if key in ("b1", "b2", "momentum", "decay", "rho", "beta", "b3") or key.startswith(("beta", "b1", "b2")):
+    return 1.5
+  if key.startswith(("eps", "weight_decay", "initial_accumulator")):
+    return -1.0
+  if key.endswith(("period", "interval", "every", "size")):
+    return 0
+  return None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_hyperparameters_raise_naming_argument(name):
+  factory = optim.get(name)
+  with pytest.raises(ValueError, match="learning_rate"):
+    factory(-1.0)
+  checked = 0
+  for key, default in numeric_hyperparams(name).items():
+    bad = _bad_value(key, default)
+    if bad is None:
+      continue
+    with pytest.raises(ValueError, match=key):
+      factory(1e-2, **{key: bad})
+    checked += 1
+  assert checked == len([k for k in numeric_hyperparams(name) if _bad_value(k, None) is not None])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_integer_leaf_untouched_and_empty_subtree(name):
+  problem = P.quadratic(jnp.float32)
+  tree = {"float": problem.params, "step": jnp.arange(3, dtype=jnp.int32), "empty": {}}
+  obj = lambda p: problem.obj_fn(p["float"])
+  extra = dict(obj_fn=obj, model_fn=lambda p: problem.model_fn(p["float"]),
+               output_loss_fn=problem.output_loss_fn, value_fn=obj)
+  tx = optim.get(name)(1e-2)
+  ref_tx = optim.get(name)(1e-2)
+  state, ref_state = tx.init(tree), ref_tx.init(problem.params)
+  params, ref_params = tree, problem.params
+  for _ in range(2):
+    value, g = jax.value_and_grad(problem.obj_fn)(params["float"])
+    grads = {"float": g, "step": jnp.zeros(3, jnp.int32), "empty": {}}
+    u, state = tx.update(grads, state, params, value=value, grad=grads, **extra)
+    ru, ref_state = ref_tx.update(g, ref_state, ref_params, **P.extra_args(problem, ref_params))
+    params, ref_params = optax.apply_updates(params, u), optax.apply_updates(ref_params, ru)
+  np.testing.assert_array_equal(params["step"], np.arange(3))
+  assert params["step"].dtype == jnp.int32
+  chex.assert_trees_all_close(params["float"], ref_params, rtol=1e-5)
