@@ -2,5 +2,7 @@
 
 from optlab_jax import optim
 from optlab_jax.optim import *  # noqa: F401,F403  (flat re-exports: optlab_jax.adam, ...)
+from optlab_jax.optim import __all__ as _optim_all
 
+__all__ = ["optim", *_optim_all]
 __version__ = "0.1.0"

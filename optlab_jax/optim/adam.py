@@ -9,6 +9,8 @@ import optax
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 
+__all__ = ["scale_by_adam", "adam", "nadam"]
+
 
 def scale_by_adam(
     b1: float = 0.9,

@@ -9,6 +9,8 @@ import optax
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 
+__all__ = ["scale_by_sgd", "sgd"]
+
 
 def scale_by_sgd(momentum: float | None = None, nesterov: bool = False) -> optax.GradientTransformation:
   """SGD direction: the gradient, or its momentum trace.
