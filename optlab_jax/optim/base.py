@@ -95,10 +95,14 @@ def integer_leaves_untouched(tx: optax.GradientTransformation) -> optax.Gradient
   """Applies `tx` to the floating-point leaves only; integer leaves get zero updates.
 
   When every leaf is floating point (the common case) `tx` runs as it is, so its state
-  keeps its own structure and second-order transforms see the whole params tree.
+  keeps its own structure. Otherwise `tx` sees the float leaves only (optax.masked), and
+  the function-valued extra args (`obj_fn`, `model_fn`, `value_fn`) are wrapped so that they
+  still receive the full params, integer leaves filled in.
   """
   tx = optax.with_extra_args_support(tx)
-  masked = optax.masked(tx, lambda tree: jax.tree.map(_is_float, tree))
+  masked = optax.masked(
+      tx, lambda tree: jax.tree.map(_is_float, tree), mask_compatible_extra_args=True
+  )
 
   def all_float(tree):
     return all(_is_float(x) for x in jax.tree.leaves(tree))
@@ -109,11 +113,31 @@ def integer_leaves_untouched(tx: optax.GradientTransformation) -> optax.Gradient
   def update_fn(updates, state, params=None, **extra_args):
     if all_float(updates):
       return tx.update(updates, state, params, **extra_args)
+    for key in _FUNCTION_ARGS.intersection(extra_args):
+      if params is not None and callable(extra_args[key]):
+        extra_args[key] = _with_integer_leaves(extra_args[key], params)
     updates, state = masked.update(updates, state, params, **extra_args)
     updates = jax.tree.map(lambda u: u if _is_float(u) else jnp.zeros_like(u), updates)
     return updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# Extra args that are functions of the full params tree.
+_FUNCTION_ARGS = frozenset({"obj_fn", "model_fn", "value_fn"})
+
+
+def _with_integer_leaves(fn: Callable, full_params: Any) -> Callable:
+  """`fn` of the full params, as a function of the masked (float-only) params."""
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+
+  def wrapped(float_params, *args, **kwargs):
+    merged = jax.tree.map(
+        lambda m, full: full if is_masked(m) else m, float_params, full_params, is_leaf=is_masked
+    )
+    return fn(merged, *args, **kwargs)
+
+  return wrapped
 
 
 def alias(
