@@ -1,6 +1,7 @@
 """optlab_jax: a JAX laboratory for deep-learning optimization."""
 
 from optlab_jax import optim
+from optlab_jax import schedules
 from optlab_jax.optim import *  # noqa: F401,F403  (flat re-exports: optlab_jax.adam, ...)
 from optlab_jax.optim import __all__ as _optim_all
 
