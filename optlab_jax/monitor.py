@@ -1,0 +1,206 @@
+"""In-training curvature diagnostics, built once and called every k steps by the training loop.
+
+`Monitor(metrics, loss_fn, ...)(params, grads, updates, opt_state, batch, step)` returns a dict
+of scalars. Inside a jitted loop (traced arguments) everything runs as one XLA program with
+`lax.scan` estimators. Called with concrete arrays it runs one compiled program too, except
+where a convolution would sit inside control flow on CPU (40–50× slower there, see
+DESIGN.md): then the linearisation and each Lanczos step are separate jitted calls driven by
+a Python loop. Both paths compute the same numbers.
+
+Metrics (all from one Hessian linearisation at `params` on `batch`):
+  lambda_max, lambda_min      top and bottom Ritz values of H (Lanczos, signs exact)
+  trace                       Hutchinson estimate of tr(H)
+  eos_ratio                   lr · λ_max / 2 (edge of stability at 1; Cohen et al., 2021)
+  preconditioned_lambda_max   λ_max of P⁻¹H = λ_max of P^{-1/2} H P^{-1/2}, P the optimizer's
+                              diagonal preconditioner (Cohen et al., 2022, arXiv:2207.14484)
+  directional_sharpness       uᵀHu / ‖u‖² of the update u
+  gradient_correlation        −gᵀu / (‖g‖ ‖u‖)
+  top_k_gradient_fraction     ‖V_kᵀ g‖² / ‖g‖², V_k the top-k Ritz vectors (Gur-Ari et al., 2018,
+                              Gradient descent happens in a tiny subspace, arXiv:1812.04754)
+  ggn_lambda_max              λ_max of the Gauss-Newton matrix Jᵀ H_out J
+
+References: Ghorbani et al., 2019, arXiv:1901.10159 (Lanczos on the Hessian); Cohen et al., 2021,
+Gradient descent on neural networks typically occurs at the edge of stability (arXiv:2103.00065).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optlab_jax import curvature
+from optlab_jax.curvature.loops import apply, is_traced, resolve_loop
+from optlab_jax.optim.base import check_positive_int
+
+__all__ = ["METRICS", "Monitor", "adam_preconditioner"]
+
+METRICS = (
+    "lambda_max",
+    "lambda_min",
+    "trace",
+    "eos_ratio",
+    "preconditioned_lambda_max",
+    "directional_sharpness",
+    "gradient_correlation",
+    "top_k_gradient_fraction",
+    "ggn_lambda_max",
+)
+_NEEDS_LANCZOS = {"lambda_max", "lambda_min", "eos_ratio", "top_k_gradient_fraction"}
+_NEEDS_HESSIAN = _NEEDS_LANCZOS | {"trace", "preconditioned_lambda_max", "directional_sharpness"}
+
+
+def _find_adam_state(opt_state: Any) -> Any:
+  """The first state node with `nu` and `count` fields (optax's ScaleByAdamState and kin)."""
+  for node in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "nu") and hasattr(x, "count")):
+    if hasattr(node, "nu") and hasattr(node, "count"):
+      return node
+  raise ValueError(
+      "preconditioned_lambda_max needs an optimizer state with a second moment `nu` and a "
+      "`count` (the Adam family); pass Monitor(preconditioner=fn) with fn(opt_state) -> diag P"
+  )
+
+
+def adam_preconditioner(b2: float = 0.999, eps: float = 1e-8) -> Callable[[Any], Any]:
+  """P = √(ν / (1 − β2ᵗ)) + eps from an Adam-family state (β2, eps from inject_hyperparams if there)."""
+
+  def preconditioner(opt_state):
+    adam_state = _find_adam_state(opt_state)
+    hyper = _hyperparams(opt_state)
+    beta2, epsilon = hyper.get("b2", b2), hyper.get("eps", eps)
+    t = jnp.maximum(adam_state.count, 1)
+    return jax.tree.map(lambda v: jnp.sqrt(v / (1 - beta2 ** t.astype(v.dtype))) + epsilon, adam_state.nu)
+
+  return preconditioner
+
+
+def _hyperparams(opt_state: Any) -> dict:
+  """The hyperparams dict of the outermost `optax.inject_hyperparams` state, or {}."""
+  for node in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "hyperparams")):
+    if hasattr(node, "hyperparams"):
+      return dict(node.hyperparams)
+  return {}
+
+
+class Monitor:
+  """Curvature diagnostics of a training step; build once, call every k steps.
+
+  Args:
+    metrics: names from `METRICS`.
+    loss_fn: (params, batch) -> scalar, the training objective on a batch.
+    model_fn, output_loss_fn: (params, batch) -> outputs and (outputs, batch) -> scalar, for
+      `ggn_lambda_max`.
+    learning_rate: float or schedule for `eos_ratio`; the lr inside an
+      `optax.inject_hyperparams` state takes precedence (so vmapped lr sweeps are right).
+    lanczos_iters: Lanczos steps (one HVP each) for the eigenvalue metrics.
+    top_k: subspace size of `top_k_gradient_fraction` (≤ lanczos_iters).
+    trace_samples: Hutchinson probes for `trace`.
+    preconditioner: opt_state -> diagonal P tree, for `preconditioned_lambda_max`.
+    seed: seeds the Lanczos start vectors and Hutchinson probes (folded with the step).
+    loop: "auto" | "scan" | "python" for the Krylov loops (see `curvature.resolve_loop`).
+  """
+
+  def __init__(
+      self,
+      metrics: Sequence[str],
+      loss_fn: Callable,
+      *,
+      model_fn: Callable | None = None,
+      output_loss_fn: Callable | None = None,
+      learning_rate: optax.ScalarOrSchedule | None = None,
+      lanczos_iters: int = 20,
+      top_k: int = 10,
+      trace_samples: int = 1,
+      preconditioner: Callable[[Any], Any] | None = None,
+      seed: int = 0,
+      loop: str = "auto",
+  ):
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+      raise ValueError(f"unknown monitor metrics {unknown}; expected names from {METRICS}")
+    check_positive_int("lanczos_iters", lanczos_iters)
+    check_positive_int("top_k", top_k)
+    check_positive_int("trace_samples", trace_samples)
+    if top_k > lanczos_iters:
+      raise ValueError(f"top_k={top_k} is out of range; expected top_k <= lanczos_iters={lanczos_iters}")
+    if "ggn_lambda_max" in metrics and (model_fn is None or output_loss_fn is None):
+      raise ValueError("ggn_lambda_max needs model_fn=(params, batch) -> outputs and output_loss_fn=(outputs, batch) -> loss")
+    self.metrics = tuple(metrics)
+    self.loss_fn, self.model_fn, self.output_loss_fn = loss_fn, model_fn, output_loss_fn
+    self.learning_rate = learning_rate
+    self.lanczos_iters, self.top_k, self.trace_samples = lanczos_iters, top_k, trace_samples
+    self.preconditioner = preconditioner or adam_preconditioner()
+    self.seed, self.loop = seed, loop
+    self._linearize = jax.jit(self._linearize_impl)
+    self._compiled = jax.jit(self._scan_impl)
+
+  def __call__(self, params, grads, updates, opt_state, batch, step=0) -> dict[str, jax.Array]:
+    key = jax.random.fold_in(jax.random.key(self.seed), step)
+    if is_traced(params, batch) or not self.metrics:
+      return self._scan_impl(params, grads, updates, opt_state, batch, key, step)
+    hess, ggn = self._linearize(params, batch)
+    probe = hess if hess is not None else ggn
+    if resolve_loop(self.loop, probe, params) == "scan":
+      return self._compiled(params, grads, updates, opt_state, batch, key, step)
+    return self._measure(hess, ggn, params, grads, updates, opt_state, key, step, "python")
+
+  def _linearize_impl(self, params, batch):
+    hess = ggn = None
+    if _NEEDS_HESSIAN.intersection(self.metrics):
+      hess = curvature.hvp_fn(lambda p: self.loss_fn(p, batch), params)
+    if "ggn_lambda_max" in self.metrics:
+      ggn = curvature.ggn_fn(lambda p: self.model_fn(p, batch), lambda o: self.output_loss_fn(o, batch), params)
+    return hess, ggn
+
+  def _scan_impl(self, params, grads, updates, opt_state, batch, key, step):
+    hess, ggn = self._linearize_impl(params, batch)
+    return self._measure(hess, ggn, params, grads, updates, opt_state, key, step, "scan")
+
+  def _lr(self, opt_state, step):
+    lr = _hyperparams(opt_state).get("learning_rate", self.learning_rate)
+    if lr is None:
+      raise ValueError("eos_ratio needs Monitor(learning_rate=...) or an inject_hyperparams optimizer")
+    return lr(step) if callable(lr) else jnp.asarray(lr)
+
+  def _top_eig(self, matvec, params, key, loop):
+    k = self.top_k if "top_k_gradient_fraction" in self.metrics else 1
+    return curvature.lanczos_eigs(matvec, params, key, self.lanczos_iters, k, loop=loop)
+
+  def _measure(self, hess, ggn, params, grads, updates, opt_state, key, step, loop):
+    lanczos_key, trace_key, precond_key, ggn_key = jax.random.split(key, 4)
+    want = set(self.metrics)
+    out = {}
+    if _NEEDS_LANCZOS & want:
+      eigs = self._top_eig(hess, params, lanczos_key, loop)
+      out["lambda_max"], out["lambda_min"] = eigs.top_values[0], eigs.bottom_values[0]
+      if "eos_ratio" in want:
+        out["eos_ratio"] = self._lr(opt_state, step) * eigs.top_values[0] / 2
+      if "top_k_gradient_fraction" in want:
+        coeffs = jax.vmap(lambda v: optax.tree.vdot(v, grads))(eigs.top_vectors)
+        out["top_k_gradient_fraction"] = jnp.sum(coeffs**2) / optax.tree.vdot(grads, grads)
+    if "trace" in want:
+      out["trace"] = curvature.hutchinson_trace(hess, params, trace_key, self.trace_samples)
+    if "preconditioned_lambda_max" in want:
+      inv_sqrt = jax.tree.map(lambda p: 1.0 / jnp.sqrt(p), self.preconditioner(opt_state))
+      scaled = jax.tree_util.Partial(_scaled_apply, hess, inv_sqrt)
+      out["preconditioned_lambda_max"] = curvature.lanczos_eigs(
+          scaled, params, precond_key, self.lanczos_iters, 1, loop=loop).top_values[0]
+    if {"directional_sharpness", "gradient_correlation"} & want:
+      u_norm2 = optax.tree.vdot(updates, updates)
+      if "directional_sharpness" in want:
+        out["directional_sharpness"] = optax.tree.vdot(updates, apply(hess, updates)) / u_norm2
+      if "gradient_correlation" in want:
+        g_norm = optax.tree.norm(grads)
+        out["gradient_correlation"] = -optax.tree.vdot(grads, updates) / (g_norm * jnp.sqrt(u_norm2))
+    if "ggn_lambda_max" in want:
+      out["ggn_lambda_max"] = curvature.lanczos_eigs(
+          ggn, params, ggn_key, self.lanczos_iters, 1, loop=loop).top_values[0]
+    return {name: out[name] for name in self.metrics}
+
+
+def _scaled_apply(matvec: Callable, inv_sqrt: Any, v: Any) -> Any:
+  """v ↦ D H D v with D = diag(inv_sqrt): symmetric, with the eigenvalues of D² H."""
+  mul = lambda x: jax.tree.map(jnp.multiply, inv_sqrt, x)
+  return mul(matvec(mul(v)))
