@@ -47,9 +47,13 @@ def adam(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  """Adam: p ← p − lr · d_t with d_t from `scale_by_adam`."""
-  return base.alias(scale_by_adam(b1, b2, eps, eps_root, mu_dtype), learning_rate=learning_rate)
+  """Adam: p ← p − lr · d_t with d_t from `scale_by_adam` (`nesterov=True` is `nadam`)."""
+  return base.alias(
+      scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov), learning_rate=learning_rate
+  )
 
 
 @register("nadam")

@@ -155,8 +155,9 @@ def alias(
 
 
 def maybe_weight_decay(weight_decay: Any, mask: Any = None) -> optax.GradientTransformation:
-  """`optax.add_decayed_weights` after checking `weight_decay >= 0`."""
-  check_nonnegative("weight_decay", weight_decay)
+  """`optax.add_decayed_weights` after checking `weight_decay >= 0` (or that it is a schedule)."""
+  if not callable(weight_decay):
+    check_nonnegative("weight_decay", weight_decay)
   return optax.add_decayed_weights(weight_decay, mask)
 
 

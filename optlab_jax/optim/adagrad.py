@@ -1,0 +1,37 @@
+"""AdaGrad: per-coordinate step sizes from the running sum of squared gradients."""
+
+from __future__ import annotations
+
+import optax
+
+from optlab_jax.optim import base
+from optlab_jax.optim.registry import register
+
+__all__ = ["scale_by_adagrad", "adagrad"]
+
+
+def scale_by_adagrad(
+    initial_accumulator_value: float = 0.1, eps: float = 1e-7
+) -> optax.GradientTransformation:
+  """AdaGrad direction (optax's `scale_by_rss`, with checked hyperparameters).
+
+  Update rule:
+    s_0 = initial_accumulator_value,   s_t = s_{t-1} + g_t²
+    d_t = g_t / √(s_t + eps)           (0 where s_t = 0)
+
+  References: Duchi, Hazan & Singer, 2011, Adaptive subgradient methods for online
+  learning and stochastic optimization (JMLR 12).
+  """
+  base.check_nonnegative("initial_accumulator_value", initial_accumulator_value)
+  base.check_nonnegative("eps", eps)
+  return optax.scale_by_rss(initial_accumulator_value, eps)
+
+
+@register("adagrad")
+def adagrad(
+    learning_rate: optax.ScalarOrSchedule,
+    initial_accumulator_value: float = 0.1,
+    eps: float = 1e-7,
+) -> optax.GradientTransformationExtraArgs:
+  """AdaGrad: p ← p − lr · d_t with d_t from `scale_by_adagrad` (same as `optax.adagrad`)."""
+  return base.alias(scale_by_adagrad(initial_accumulator_value, eps), learning_rate=learning_rate)
