@@ -1,0 +1,156 @@
+"""What does curvature cost? Second-order optimizers' step time against Adam's, and their memory.
+
+On an MLP 784-512-512-10 with batch 128 in float32 (random data generated here), each optimizer
+runs one jitted whole train step: loss and gradient, `update` with every extra argument any
+optimizer takes (obj_fn, model_fn, output_loss_fn, value, grad, value_fn), apply_updates. All
+optimizers are timed in one run, round-robin with the order rotated every repeat; a sample is
+a block of steps waited on with block_until_ready (10 steps for ours, so an every-10-steps
+estimate is counted once per sample; 1 step for the CG / line-search methods, whose steps are
+long). The table gives the median time per step, its ratio to Adam's, and the state's bytes
+over the params' bytes (floating-point leaves; counters and PRNG keys listed apart in bytes).
+
+Targets: adahessian / adam <= 1.9 (Hessian every step), adahessian_k10 / adam <= 1.2 (every
+10 steps), sophia_h / optax.contrib.sophia <= 1.0 (same hyperparameters, both every 10 steps;
+the k1 rows estimate every step), AdaHessian's state 2.0 × params plus a key.
+
+  python experiments/bench_second_order.py             # 20 repeats, the real measurement
+  python experiments/bench_second_order.py --quick     # checks it runs: 2 repeats, MLP 784-64-64-10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optlab_jax import optim
+
+# name -> (factory of the transform, steps per timed block).
+OURS = {
+    "adam": (lambda: optim.adam(1e-3), 10),
+    "adahessian": (lambda: optim.adahessian(0.1), 10),
+    "adahessian_k10": (lambda: optim.adahessian(0.1, update_interval=10), 10),
+    "sophia_h": (lambda: optim.sophia_h(1e-3), 10),
+    "optax_sophia": (lambda: optax.contrib.sophia(1e-3), 10),
+    "sophia_h_k1": (lambda: optim.sophia_h(1e-3, update_interval=1), 10),
+    "optax_sophia_k1": (lambda: optax.contrib.sophia(1e-3, update_interval=1), 10),
+    "sophia_g": (lambda: optim.sophia_g(1e-3), 10),
+    "sam": (lambda: optim.sam(0.1), 10),
+    "asam": (lambda: optim.asam(0.1), 10),
+}
+# The CG and line-search optimizers, timed when they are registered.
+OTHERS = {
+    "newton_cg": (lambda: optim.get("newton_cg")(1.0), 1),
+    "gauss_newton": (lambda: optim.get("gauss_newton")(1.0), 1),
+    "natural_gradient": (lambda: optim.get("natural_gradient")(1.0, likelihood="categorical"), 1),
+    "lbfgs": (lambda: optim.get("lbfgs")(1.0), 1),
+    "lbfgs_b": (lambda: optim.get("lbfgs_b")(1.0), 1),
+}
+RATIOS = [("adahessian", "adam", 1.9), ("adahessian_k10", "adam", 1.2),
+          ("sophia_h", "optax_sophia", 1.0), ("sophia_h_k1", "optax_sophia_k1", None)]
+
+
+def mlp_problem(hidden: int, batch: int = 128, seed: int = 0):
+  """Params of an MLP 784-hidden-hidden-10, one random batch, model_fn and output_loss_fn."""
+  sizes = [784, hidden, hidden, 10]
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(sizes) + 1)
+  params = [
+      {"w": jax.random.normal(k, (m, n), jnp.float32) / m**0.5, "b": jnp.zeros(n, jnp.float32)}
+      for k, m, n in zip(keys, sizes[:-1], sizes[1:])
+  ]
+  x = jax.random.normal(keys[-2], (batch, 784), jnp.float32)
+  y = jax.random.randint(keys[-1], (batch,), 0, 10)
+  return params, x, y
+
+
+def model_fn(params, x):
+  for layer in params[:-1]:
+    x = jax.nn.relu(x @ layer["w"] + layer["b"][None, :])
+  return x @ params[-1]["w"] + params[-1]["b"][None, :]
+
+
+def output_loss_fn(logits, y):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def train_step(tx):
+  """The jitted whole step: value and gradient, update with every extra argument, apply."""
+
+  @jax.jit
+  def step(params, state, x, y):
+    model = lambda p: model_fn(p, x)
+    out_loss = lambda f: output_loss_fn(f, y)
+    obj = lambda p: out_loss(model(p))
+    value, grads = jax.value_and_grad(obj)(params)
+    updates, state = tx.update(grads, state, params, obj_fn=obj, model_fn=model, output_loss_fn=out_loss,
+                               value=value, grad=grads, value_fn=obj)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
+def time_block(step, carry, x, y, block: int):
+  """Seconds per step over `block` steps (waited on), and the new (params, state)."""
+  start = time.perf_counter()
+  for _ in range(block):
+    carry = step(*carry, x, y)
+  carry = jax.block_until_ready(carry)
+  return (time.perf_counter() - start) / block, carry
+
+
+def memory(state, params) -> tuple[float, int]:
+  """(bytes of floating-point state leaves / bytes of params, bytes of the other state leaves)."""
+  param_bytes = sum(p.nbytes for p in jax.tree.leaves(params))
+  leaves = jax.tree.leaves(state)
+  floats = sum(x.nbytes for x in leaves if jnp.issubdtype(x.dtype, jnp.floating))
+  return floats / param_bytes, sum(x.nbytes for x in leaves if not jnp.issubdtype(x.dtype, jnp.floating))
+
+
+def bench(rows: dict, hidden: int, repeats: int) -> dict[str, dict]:
+  params, x, y = mlp_problem(hidden)
+  steps, carries, times, out = {}, {}, {n: [] for n in rows}, {}
+  for name, (factory, block) in rows.items():
+    tx = factory()
+    steps[name], carries[name] = train_step(tx), (params, tx.init(params))
+    _, carries[name] = time_block(steps[name], carries[name], x, y, block)  # compile, warm up
+    out[name] = {"memory": memory(carries[name][1], params), "block": block}
+  names = list(rows)
+  for r in range(repeats):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      t, carries[name] = time_block(steps[name], carries[name], x, y, rows[name][1])
+      times[name].append(t)
+  for name in names:
+    out[name]["ms"] = 1e3 * statistics.median(times[name])
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=int, default=20, help="timed blocks per optimizer")
+  parser.add_argument("--quick", action="store_true", help="2 repeats, MLP 784-64-64-10: checks it runs")
+  args = parser.parse_args()
+  hidden, repeats = (64, 2) if args.quick else (512, args.repeats)
+  rows = {**OURS, **{n: v for n, v in OTHERS.items() if n in optim.names()}}
+  print(f"MLP 784-{hidden}-{hidden}-10, batch 128, float32, {repeats} round-robin repeats, "
+        f"device {jax.devices()[0].platform}")
+  results = bench(rows, hidden, repeats)
+  adam = results["adam"]["ms"]
+  print(f"{'optimizer':<17} | {'ms/step':>8} | {'/ adam':>6} | {'state/params':>12} | {'other B':>7} | block")
+  print(f"{'-' * 17}-|-{'-' * 8}-|-{'-' * 6}-|-{'-' * 12}-|-{'-' * 7}-|------")
+  for name, r in results.items():
+    ratio, other = r["memory"]
+    print(f"{name:<17} | {r['ms']:8.3f} | {r['ms'] / adam:6.3f} | {ratio:12.3f} | {other:7d} | "
+          f"{r['block']}")
+  print()
+  for num, den, target in RATIOS:
+    ratio = results[num]["ms"] / results[den]["ms"]
+    goal = f"(target <= {target})" if target else "(for information)"
+    print(f"{num} / {den}: {ratio:.3f} {goal}")
+
+
+if __name__ == "__main__":
+  main()
