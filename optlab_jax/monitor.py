@@ -123,7 +123,7 @@ class Monitor:
     check_positive_int("lanczos_iters", lanczos_iters)
     check_positive_int("top_k", top_k)
     check_positive_int("trace_samples", trace_samples)
-    if top_k > lanczos_iters:
+    if "top_k_gradient_fraction" in metrics and top_k > lanczos_iters:
       raise ValueError(f"top_k={top_k} is out of range; expected top_k <= lanczos_iters={lanczos_iters}")
     if "ggn_lambda_max" in metrics and (model_fn is None or output_loss_fn is None):
       raise ValueError("ggn_lambda_max needs model_fn=(params, batch) -> outputs and output_loss_fn=(outputs, batch) -> loss")
