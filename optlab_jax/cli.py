@@ -1,0 +1,111 @@
+"""The `optlab` command: run a config (a resumable sweep), list what exists, plot results.
+
+  optlab run CONFIG [--set KEY=VALUE ...] [--out DIR]   # default DIR: runs/<config stem>
+  optlab list optimizers|problems|schedules|metrics|configs|experiments
+  optlab plot DIR [--out FIGDIR]
+
+A bad config exits with status 2 and one message naming the file (or the `--set`) and the dotted
+path of the bad key, as argparse does for a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import sys
+from pathlib import Path
+
+from optlab_jax import config, monitor, optim, plots, problems, results, sweep
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _project_dir(name: str) -> Path:
+  """`./<name>` if it exists, else the one next to the installed package (an editable install)."""
+  return Path(name) if Path(name).is_dir() else _ROOT / name
+
+
+def _first_line(text: str | None) -> str:
+  lines = (text or "").strip().splitlines()
+  return lines[0] if lines else ""
+
+
+def _defaults(factory) -> str:
+  return ", ".join(f"{k}={p.default!r}" for k, p in inspect.signature(factory).parameters.items())
+
+
+def _listing(what: str) -> list[tuple[str, str]]:
+  """(name, one-line description) of each thing of kind `what`."""
+  if what == "optimizers":
+    return [(n, _first_line(optim.get(n).__doc__)) for n in optim.names()]
+  if what == "problems":
+    return [(n, f"{_first_line(problems.get(n).__doc__)} options: {_defaults(problems.get(n))}") for n in problems.names()]
+  if what == "schedules":
+    return [(n, _first_line(f.__doc__)) for n, f in config.schedule_factories().items()]
+  if what == "metrics":
+    return [(n, "") for n in monitor.METRICS]
+  if what == "configs":
+    paths = sorted(_project_dir("configs").glob("*.yaml"))
+    return [(str(p), _first_line(p.read_text()).lstrip("# ")) for p in paths]
+  paths = sorted(_project_dir("experiments").glob("*.py"))
+  return [(str(p), _first_line(ast.get_docstring(ast.parse(p.read_text())))) for p in paths]
+
+
+def _run(args: argparse.Namespace) -> int:
+  try:
+    experiment = config.load(args.config, args.set)
+  except config.ConfigError as e:
+    print(e, file=sys.stderr)
+    return 2
+  out = args.out or str(Path("runs") / Path(args.config).stem)
+  records = sweep.run(experiment, out, progress=not args.quiet)
+  print(results.table(records))
+  print(f"\nresults in {out}/ (runs.jsonl, summary.csv, metrics/); figures: optlab plot {out}")
+  return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+  rows = _listing(args.what)
+  width = max((len(name) for name, _ in rows), default=0)
+  for name, text in rows:
+    print(f"{name.ljust(width)}  {text}".rstrip())
+  return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+  if not (Path(args.dir) / "runs.jsonl").exists():
+    print(f"{args.dir}: no runs.jsonl here; run `optlab run CONFIG --out {args.dir}` first", file=sys.stderr)
+    return 2
+  for path in plots.plot(args.dir, args.out):
+    print(path)
+  return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Entry point of the `optlab` console script; returns the exit status."""
+  parser = argparse.ArgumentParser(prog="optlab", description="A JAX laboratory for deep-learning optimization.")
+  commands = parser.add_subparsers(dest="command", required=True)
+  run = commands.add_parser("run", help="run a config's sweep (resumes: finished runs are skipped)")
+  run.add_argument("config", help="a YAML config, e.g. configs/quickstart.yaml")
+  run.add_argument(
+      "--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted key (the value is YAML)"
+  )
+  run.add_argument("--out", help="results directory (default: runs/<config stem>)")
+  run.add_argument("--quiet", action="store_true", help="no progress bar")
+  run.set_defaults(func=_run)
+  listing = commands.add_parser("list", help="list what a config can name")
+  listing.add_argument(
+      "what", choices=["optimizers", "problems", "schedules", "metrics", "configs", "experiments"]
+  )
+  listing.set_defaults(func=_list)
+  plot = commands.add_parser("plot", help="write PNG figures of a results directory")
+  plot.add_argument("dir", help="a results directory written by `optlab run`")
+  plot.add_argument("--out", help="where to write the figures (default: DIR)")
+  plot.set_defaults(func=_plot)
+  args = parser.parse_args(argv)
+  return args.func(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
