@@ -55,17 +55,6 @@ def spatial_average(diag: Any, block_size: int = 1, average_conv_kernel: bool = 
   return jax.tree.map(leaf, diag)
 
 
-def every_k_steps(count: jax.Array, k: Any, fn, *operands):
-  """`fn(*operands)` when count % k == 0, else `operands` unchanged (`lax.cond`; k may be traced).
-
-  A Python k = 1 calls `fn` without `lax.cond`: on XLA CPU a convolution inside control flow
-  runs 40–50× slower (jax-ml/jax#12868), so an every-step estimate must stay outside it.
-  """
-  if isinstance(k, int) and k == 1:
-    return fn(*operands)
-  return jax.lax.cond(count % k == 0, fn, lambda *ops: ops, *operands)
-
-
 def scale_by_adahessian(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -124,7 +113,7 @@ def scale_by_adahessian(
       diag = spatial_average(diag, block_size, average_conv_kernel)
       return key, optax.tree.cast_like(optax.tree.update_moment(diag, nu, b2, 2), nu)
 
-    key, nu = every_k_steps(state.count, update_interval, estimate, state.key, state.nu)
+    key, nu = base.every_k_steps(state.count, update_interval, estimate, state.key, state.nu)
     count = optax.safe_increment(state.count)
     num_estimates = (state.count // update_interval + 1).astype(jnp.int32)
     mu = optax.tree.cast_like(optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)

@@ -12,7 +12,6 @@ import optax
 
 from optlab_jax import curvature
 from optlab_jax.optim import base
-from optlab_jax.optim.adahessian import every_k_steps
 from optlab_jax.optim.kfac_capture import capture, find_layers, kronecker_factors
 from optlab_jax.optim.registry import register
 
@@ -154,7 +153,7 @@ def _precondition(state, layers, captured, directions, damping, factor_decay, in
     pairs = [_damped_inverses(a_factors[j], g_factors[j], damping) for j in live]
     return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
-  a_live, g_live = every_k_steps(
+  a_live, g_live = base.every_k_steps(
       state.count, inverse_every, refresh,
       tuple(state.a_inverses[j] for j in live), tuple(state.g_inverses[j] for j in live),
   )

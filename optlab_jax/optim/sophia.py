@@ -10,7 +10,6 @@ import optax
 
 from optlab_jax import curvature
 from optlab_jax.optim import base
-from optlab_jax.optim.adahessian import every_k_steps
 from optlab_jax.optim.registry import register
 
 __all__ = ["ScaleBySophiaState", "gnb_diag", "scale_by_sophia", "sophia_h", "sophia_g"]
@@ -120,7 +119,7 @@ def scale_by_sophia(
         .astype(m.dtype),
         mu_hat, state.nu,
     )
-    key, nu = every_k_steps(state.count, update_interval, estimate, state.key, state.nu)
+    key, nu = base.every_k_steps(state.count, update_interval, estimate, state.key, state.nu)
     return direction, ScaleBySophiaState(count, mu, nu, key)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
