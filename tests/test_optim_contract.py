@@ -25,9 +25,38 @@ NAMES = optim.names()
 DEFAULT_TUNING = {"quadratic": (0.05, 1000, 1e-4), "rosenbrock": (0.02, 3000, 1e-3)}
 TUNING: dict[str, dict[str, tuple[float, int, float]]] = {
     "sgd": {"quadratic": (0.015, 1000, 1e-4), "rosenbrock": (1e-3, 3000, 5e-2)},
+    "adahessian": {"quadratic": (0.5, 1000, 1e-4), "rosenbrock": (2.0, 3000, 1e-3)},
+    "sophia_g": {"quadratic": (0.01, 1000, 1e-4), "rosenbrock": (0.01, 3000, 1e-3)},
+    # SAM/ASAM chatter inside their ρ-ball: the floor is about f at distance ρ along the sharpest axis.
+    "sam": {"quadratic": (1e-3, 3000, 1e-3), "rosenbrock": (5e-4, 10000, 0.3)},
+    "asam": {"quadratic": (2e-3, 3000, 1e-4), "rosenbrock": (2e-4, 10000, 0.5)},
+    "adagrad": {"quadratic": (0.3, 1000, 1e-4), "rosenbrock": (1.0, 5000, 1e-3)},
+    "amsgrad": {"quadratic": (0.3, 1000, 1e-4), "rosenbrock": (0.3, 5000, 1e-3)},
+    "radam": {"quadratic": (0.02, 3000, 1e-4), "rosenbrock": (2e-3, 10000, 1e-3)},
+    "novograd": {"quadratic": (1e-3, 1000, 1e-4), "rosenbrock": (1e-3, 3000, 1e-3)},
+    # Steps of fixed relative size (RMS/trust-ratio normalised) leave a floor ∝ lr.
+    "rmsprop": {"quadratic": (7e-4, 5000, 1e-4), "rosenbrock": (1e-3, 5000, 1e-3)},
+    "adadelta": {"quadratic": (0.1, 5000, 1e-2), "rosenbrock": (0.05, 5000, 1e-2)},
+    "lars": {"quadratic": (1.0, 1000, 1e-4), "rosenbrock": (4.0, 3000, 1e-2)},
+    # Rosenbrock's leaves are scalars and x must cross 0, where LAMB's step lr·|x| vanishes:
+    # it (and optax.lamb) stalls at f(0, 0) = 1.
+    "lamb": {"rosenbrock": (0.03, 1000, 1.001)},
+    # RAdam's un-normalised warm-up steps cap lr on Rosenbrock; Lookahead halves the progress.
+    "ranger": {"quadratic": (0.04, 2000, 1e-4), "rosenbrock": (5e-3, 8000, 1e-3)},
+    # No Linear/Conv kernels here: K-FAC falls back to the gradient, i.e. SGD with momentum 0.9.
+    "kfac": {"quadratic": (0.01, 1000, 1e-4), "rosenbrock": (1e-3, 3000, 1e-3)},
+    # Newton-type steps: lr = 1 is the method itself.
+    "newton_cg": {"quadratic": (1.0, 20, 1e-10), "rosenbrock": (1.0, 100, 1e-10)},
+    "gauss_newton": {"quadratic": (1.0, 20, 1e-10), "rosenbrock": (1.0, 50, 1e-10)},
+    "lbfgs": {"quadratic": (1.0, 50, 1e-10), "rosenbrock": (1.0, 100, 1e-10)},
+    "lbfgs_b": {"quadratic": (1.0, 50, 1e-10), "rosenbrock": (1.0, 100, 1e-10)},
+    # One label draw per output: the Monte-Carlo Fisher is nearly singular in random
+    # directions, so the damping (1.0) bounds the step and lr must stay below 2λ/L.
+    "natural_gradient": {"quadratic": (0.01, 1000, 1e-4), "rosenbrock": (0.01, 3000, 1e-3)},
 }
 # Hyperparameters that set shapes or structure, so they cannot be traced by inject_hyperparams.
-STRUCTURAL: dict[str, set[str]] = {}
+STRUCTURAL: dict[str, set[str]] = {"adahessian": {"block_size"}, "lbfgs": {"memory_size"},
+                                  "lbfgs_b": {"memory_size"}, "natural_gradient": {"num_samples"}}
 
 
 def tuning(name, problem):
@@ -124,7 +153,8 @@ def test_inject_hyperparams_every_numeric_hyperparameter(name):
   problem = P.quadratic(jnp.float32)
   hp = numeric_hyperparams(name)
   plain = optim.get(name)(1e-2, **hp)
-  injected = optax.inject_hyperparams(optim.get(name))(learning_rate=1e-2, **hp)
+  static = STRUCTURAL.get(name, set())
+  injected = optax.inject_hyperparams(optim.get(name), static_args=static)(learning_rate=1e-2, **hp)
   state_p, state_i = plain.init(problem.params), injected.init(problem.params)
   assert set(hp) | {"learning_rate"} <= set(state_i.hyperparams)
   params_p = params_i = problem.params
@@ -174,11 +204,13 @@ def test_schedule_learning_rate(name):
 
 # Which bad value each kind of hyperparameter gets, by name.
 def _bad_value(key: str, default):
-  if key in ("b1", "b2", "momentum", "decay", "rho", "beta", "b3") or key.startswith(("beta", "b1", "b2")):
+  if key in ("b1", "b2", "b3", "momentum", "decay", "beta", "factor_decay", "slow_step_size", "decrease_factor") or key.startswith(("beta", "b1", "b2")):
     return 1.5
-  if key.startswith(("eps", "weight_decay", "initial_accumulator")):
+  if key.startswith(("eps", "weight_decay", "initial_accumulator", "damping", "rho", "kl_clip", "cg_tol",
+                     "gamma", "clip_threshold", "trust_coefficient", "hessian_power", "eta", "slope_rtol", "threshold",
+                     "initial_scale")):
     return -1.0
-  if key.endswith(("period", "interval", "every", "size")):
+  if key.endswith(("period", "interval", "every", "size", "iters", "samples", "steps")):
     return 0
   return None
 

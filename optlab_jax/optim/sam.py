@@ -34,7 +34,7 @@ def scale_by_sam(
   generalization (arXiv:2010.01412); Kwon et al., 2021, ASAM: Adaptive sharpness-aware
   minimization for scale-invariant learning of deep neural networks (arXiv:2102.11600).
   """
-  check_in_range("rho", rho, 0.0, 1.0)
+  check_nonnegative("rho", rho)
   check_nonnegative("eta", eta)
 
   def update_fn(updates, state, params=None, *, obj_fn=None, **extra_args):
