@@ -22,17 +22,22 @@ def _setup(model: str, steps: int = 3):
   obj = M.obj_fn(model_fn, output_loss_fn)
   tx = optax.adam(LR)
   state = tx.init(params)
-  for _ in range(steps):
+
+  @jax.jit
+  def step(params, state):
     grads = jax.grad(obj)(params)
-    updates, state = tx.update(grads, state, params)
+    updates, new_state = tx.update(grads, state, params)
+    return grads, updates, new_state
+
+  for _ in range(steps):
+    _, updates, state = step(params, state)
     params = optax.apply_updates(params, updates)
-  grads = jax.grad(obj)(params)
-  updates, new_state = tx.update(grads, state, params)
+  grads, updates, new_state = step(params, state)
   flat, unravel = ravel_pytree(params)
-  hess = np.asarray(jax.hessian(lambda x: obj(unravel(x)))(flat))
-  jac = np.asarray(jax.jacobian(lambda x: model_fn(unravel(x)).ravel())(flat))
+  hess = np.asarray(jax.jit(jax.hessian(lambda x: obj(unravel(x))))(flat))
+  jac = np.asarray(jax.jit(jax.jacobian(lambda x: model_fn(unravel(x)).ravel()))(flat))
   outputs = model_fn(params)
-  h_out = np.asarray(jax.hessian(lambda y: output_loss_fn(y.reshape(outputs.shape)))(outputs.ravel()))
+  h_out = np.asarray(jax.jit(jax.hessian(lambda y: output_loss_fn(y.reshape(outputs.shape))))(outputs.ravel()))
   monitor_args = dict(loss_fn=lambda p, b: obj(p), model_fn=lambda p, b: model_fn(p),
                       output_loss_fn=lambda o, b: output_loss_fn(o), learning_rate=LR)
   ctx = dict(params=params, grads=grads, updates=updates, state=new_state, hess=hess,

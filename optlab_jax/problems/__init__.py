@@ -1,0 +1,54 @@
+"""Problems by name: test functions, digits with an MLP or a CNN, teacher-student regression.
+
+`build(name, **options)` returns a `Problem`; `get(name)` returns its factory, whose keyword
+signature (annotations and defaults) is the problem's set of options; `names()` lists them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable
+
+from optlab_jax.problems import digits, teacher_student, test_functions
+from optlab_jax.problems.base import Problem
+
+__all__ = ["Problem", "build", "get", "names"]
+
+_FACTORIES: dict[str, Callable[..., Problem]] = {
+    "quadratic": test_functions.quadratic,
+    "rosenbrock": test_functions.rosenbrock,
+    "digits_mlp": digits.digits_mlp,
+    "digits_cnn": digits.digits_cnn,
+    "teacher_student": teacher_student.teacher_student,
+}
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+  close = difflib.get_close_matches(name, known, n=1)
+  return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def names() -> list[str]:
+  """Sorted names of every problem."""
+  return sorted(_FACTORIES)
+
+
+def get(name: str) -> Callable[..., Problem]:
+  """The factory of problem `name`; a `ValueError` names the closest known problem."""
+  if name not in _FACTORIES:
+    raise ValueError(f"unknown problem {name!r}{_did_you_mean(name, names())} (known: {', '.join(names())})")
+  return _FACTORIES[name]
+
+
+def build(name: str, **options: Any) -> Problem:
+  """Problem `name` with `options`; a `ValueError` names an unknown option and the closest one."""
+  factory = get(name)
+  known = list(inspect.signature(factory).parameters)
+  for option in options:
+    if option not in known:
+      raise ValueError(
+          f"{option}={options[option]!r} is not an option of problem {name!r}"
+          f"{_did_you_mean(option, known)} (options: {', '.join(known)})"
+      )
+  return factory(**options)

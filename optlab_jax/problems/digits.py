@@ -1,0 +1,79 @@
+"""scikit-learn's handwritten digits (8×8 images, 10 classes) with an MLP or a small CNN.
+
+The 1,797 images are split once, by a fixed permutation, into 1,437 training and 360 test
+images; each pixel is standardised with the training split's mean and standard deviation
+(constant pixels keep a scale of 1, so they stay 0).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+from optlab_jax.optim import base as checks
+from optlab_jax.problems import models
+from optlab_jax.problems.base import Dtype, Problem, supervised_problem
+
+__all__ = ["load", "digits_mlp", "digits_cnn"]
+
+NUM_TEST = 360
+SPLIT_SEED = 0
+NUM_CLASSES = 10
+IMAGE_SHAPE = (8, 8, 1)
+
+
+@functools.cache
+def load() -> dict[str, dict[str, np.ndarray]]:
+  """{"train": {"x": [1437, 64] standardised float64, "y": [1437] int32}, "test": likewise}."""
+  from sklearn.datasets import load_digits  # imported here: sklearn is slow to import
+
+  digits = load_digits()
+  order = np.random.default_rng(SPLIT_SEED).permutation(len(digits.target))
+  x, y = digits.data[order], digits.target[order].astype(np.int32)
+  x_train, x_test = x[NUM_TEST:], x[:NUM_TEST]
+  mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+  std = np.where(std > 0, std, 1.0)
+  return {
+      "train": {"x": (x_train - mean) / std, "y": y[NUM_TEST:]},
+      "test": {"x": (x_test - mean) / std, "y": y[:NUM_TEST]},
+  }
+
+
+def _splits(dtype: Dtype, shape: tuple[int, ...]) -> tuple[dict, dict]:
+  data = load()
+  return tuple(
+      {"x": jnp.asarray(data[s]["x"].reshape(-1, *shape), dtype), "y": jnp.asarray(data[s]["y"])}
+      for s in ("train", "test")
+  )
+
+
+def digits_mlp(
+    hidden: tuple[int, ...] = (64, 64),
+    activation: models.Activation = "relu",
+    dtype: Dtype = "float32",
+) -> Problem:
+  """Digits classified by an MLP 64 → hidden → 10 (softmax cross-entropy)."""
+  for width in hidden:
+    checks.check_positive_int("hidden", width)
+  sizes = (64, *hidden, NUM_CLASSES)
+  init_params, model_fn = models.functional(
+      lambda rngs: models.MLP(sizes, activation, dtype=dtype, rngs=rngs)
+  )
+  train, test = _splits(dtype, (64,))
+  return supervised_problem("digits_mlp", init_params, model_fn, train, test, "categorical")
+
+
+def digits_cnn(channels: tuple[int, int] = (8, 16), dtype: Dtype = "float32") -> Problem:
+  """Digits classified by `models.CNN` on 8×8×1 images (softmax cross-entropy)."""
+  if len(channels) != 2:
+    raise ValueError(f"channels={channels!r} has {len(channels)} entries; expected 2 (one per conv)")
+  for width in channels:
+    checks.check_positive_int("channels", width)
+  init_params, model_fn = models.functional(
+      lambda rngs: models.CNN(IMAGE_SHAPE, tuple(channels), NUM_CLASSES, dtype=dtype, rngs=rngs)
+  )
+  train, test = _splits(dtype, IMAGE_SHAPE)
+  return supervised_problem("digits_cnn", init_params, model_fn, train, test, "categorical", has_conv=True)
+

@@ -1,0 +1,316 @@
+"""The training loop: jitted steps with no host sync per step, for one run or a vmapped sweep.
+
+Step t (0-based) of the run with seed s trains on `problem.sample_batch(fold_in(k_data, t))`,
+where (k_init, k_data) = split(key(s)) and the params start at `problem.init_params(k_init)`;
+so a run's numbers depend neither on the loop, nor on how its steps are chunked, nor on vmapping.
+
+Two loops give the same numbers:
+  "scan"    chunks of steps in one `lax.scan`; the monitor runs inside it under `lax.cond`.
+  "python"  one jitted step per call from Python (dispatch is asynchronous: the host waits only
+            between chunks); on monitor steps the monitor is called on the step's concrete
+            arrays, outside any control flow (`monitor.Monitor` compiles itself).
+"auto" takes "python" for convolutional problems on CPU, where XLA runs a convolution inside
+`lax.scan`/`lax.cond` 40–50× slower than plainly jitted (jax-ml/jax#12868), "scan" otherwise.
+Chunks end at eval steps (every `eval_every` steps); between chunks the host reads the losses,
+evaluates, calls `on_progress(steps_done)`, and stops once every run has diverged (NaN/Inf loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optlab_jax.optim import base as checks
+from optlab_jax.problems import Problem
+
+__all__ = ["History", "LOOPS", "TrainState", "choose_loop", "fit", "fit_vmapped", "should_vmap", "step_flops"]
+
+LOOPS = ("auto", "scan", "python")
+# XLA's FLOP estimate for one step of one run up to which vmapping runs on CPU beats running
+# them one by one; calibrated with experiments/bench_sweep.py (see `should_vmap`).
+VMAP_MAX_FLOPS = 3e7
+# monitor(params, grads, updates, opt_state, batch, step) -> {name: scalar}; see `fit`.
+Monitor = Callable[..., dict[str, jax.Array]]
+
+
+class TrainState(NamedTuple):
+  """The carry of the training loop."""
+  params: Any          # current parameters
+  opt_state: Any       # the optimizer's state
+  data_key: jax.Array  # step t's batch is drawn with fold_in(data_key, t)
+
+
+@dataclasses.dataclass
+class History:
+  """What one run recorded. A vmapped program's times are split equally among its runs."""
+  loss: np.ndarray                # [steps] training loss on each step's batch; NaN after divergence
+  eval_steps: np.ndarray          # [k] steps done when eval ran (multiples of eval_every)
+  eval: dict[str, np.ndarray]     # metric -> [k] values of problem.eval_metrics
+  monitor_steps: np.ndarray       # [m] 1-based steps whose (params, grads, ...) the monitor saw
+  monitor: dict[str, np.ndarray]  # metric -> [m] values
+  final: dict[str, float]         # problem.eval_metrics of the final params
+  status: str                     # "ok" | "diverged" (a NaN or Inf training loss)
+  diverged_at: int | None         # 1-based step of the first non-finite loss
+  params: Any                     # final params
+  loop: str                       # "scan" | "python": the loop that ran
+  wall_time: float                # seconds, compilation included
+  compile_time: float             # seconds of it spent compiling
+
+
+def choose_loop(problem: Problem, loop: str = "auto") -> str:
+  """The loop that runs: `loop` itself unless "auto" (see the module docstring)."""
+  if loop not in LOOPS:
+    raise ValueError(f"loop={loop!r} is not one of {', '.join(LOOPS)}")
+  if loop != "auto":
+    return loop
+  return "python" if problem.has_conv and jax.default_backend() == "cpu" else "scan"
+
+
+def _chunks(steps: int, eval_every: int) -> list[tuple[int, int]]:
+  """(start, length) per chunk: eval_every steps, else a divisor of steps near steps/20."""
+  size = eval_every or next(d for d in range(math.ceil(steps / 20), steps + 1) if steps % d == 0)
+  return [(start, min(size, steps - start)) for start in range(0, steps, size)]
+
+
+def _point_fns(problem: Problem, make_tx: Callable[[dict], optax.GradientTransformation], batch_size):
+  """init(seed, hp) -> TrainState and step(state, hp, data, t) -> (state, loss, monitor args)."""
+
+  def init(seed, hp):
+    init_key, data_key = jax.random.split(jax.random.key(seed))
+    params = problem.init_params(init_key)
+    return TrainState(params, make_tx(hp).init(params), data_key)
+
+  def step(state, hp, data, t):
+    batch = problem.sample_fn(data, jax.random.fold_in(state.data_key, t), batch_size)
+    extra = problem.extra_args(batch)
+    loss, grads = jax.value_and_grad(extra["obj_fn"])(state.params)
+    tx = optax.with_extra_args_support(make_tx(hp))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss, grad=grads, **extra)
+    new = TrainState(optax.apply_updates(state.params, updates), opt_state, state.data_key)
+    return new, loss, (state.params, grads, updates, opt_state, batch)
+
+  return init, step
+
+
+class _Compiled:
+  """Jitted functions compiled ahead of time on first call, so compilation is timed apart."""
+
+  # init and metrics run once or rarely: XLA's cheapest backend optimisation compiles them
+  # 3-4× faster (12 s -> 3 s for digits-MLP's init on a loaded 2-core machine).
+  COLD = {"xla_backend_optimization_level": 0}
+
+  def __init__(self):
+    self.executables, self.seconds = {}, 0.0
+
+  def __call__(self, name: str, fn: Callable, *args, cold: bool = False):
+    if name not in self.executables:
+      tic = time.perf_counter()
+      self.executables[name] = jax.jit(fn).lower(*args).compile(self.COLD if cold else None)
+      self.seconds += time.perf_counter() - tic
+    return self.executables[name](*args)
+
+
+def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=None, eval_every=0,
+           monitor=None, monitor_every=0, loop="auto", on_progress=None) -> list[History]:
+  """Trains one run, or (batched) one run per seed vmapped in one program; `run` compiles."""
+  checks.check_positive_int("steps", steps)
+  checks.check_in_range("eval_every", eval_every, 0.0)
+  if monitor is not None:
+    checks.check_positive_int("monitor_every", monitor_every)
+  loop = choose_loop(problem, loop)
+  init, step = _point_fns(problem, make_tx, batch_size)
+  metrics = problem.metrics_fn
+  if batched:
+    init, step = jax.vmap(init), jax.vmap(step, in_axes=(0, 0, None, None))
+    metrics = jax.vmap(metrics, in_axes=(None, 0))
+    monitor = monitor and jax.vmap(monitor, in_axes=(0, 0, 0, 0, 0, None))
+  is_monitor_step = lambda t: monitor is not None and (t + 1) % monitor_every == 0
+
+  def scan_chunk(length, state, hp, data, t0):
+    def body(state, t):
+      state, loss, aux = step(state, hp, data, t)
+      if monitor is None:
+        return state, (loss, {})
+      # The predicate is the shared step index, never batched: vmap keeps a real cond.
+      zeros = lambda aux: jax.tree.map(jnp.zeros_like, jax.eval_shape(monitor, *aux, t))
+      return state, (loss, jax.lax.cond(is_monitor_step(t), lambda aux: monitor(*aux, t), zeros, aux))
+    return jax.lax.scan(body, state, t0 + jnp.arange(length, dtype=jnp.int32))
+
+  tic, compile_seconds, data = time.perf_counter(), run.seconds, problem.data
+  state = run("init", init, seeds, hparams, cold=True)
+  losses, monitored, evaluated, alive = [], [], [], True
+  for start, length in _chunks(steps, eval_every):
+    ts = np.arange(start, start + length, dtype=np.int32)
+    if loop == "scan":
+      chunk = lambda *a, length=length: scan_chunk(length, *a)
+      state, (loss, values) = run(f"scan{length}", chunk, state, hparams, data, ts[0])
+      values = jax.device_get(values)
+      monitored += [(t + 1, jax.tree.map(lambda x, i=i: x[i], values)) for i, t in enumerate(ts) if is_monitor_step(t)]
+    else:
+      loss = []
+      for t in ts:
+        if is_monitor_step(t):
+          # Concrete arguments: the monitor compiles itself, convolutions outside control flow.
+          state, step_loss, aux = run("step_with_monitor_args", step, state, hparams, data, t)
+          monitored.append((t + 1, monitor(*aux, t)))
+        else:
+          state, step_loss = run("step", lambda *a: step(*a)[:2], state, hparams, data, t)
+        loss.append(step_loss)
+      loss = jnp.stack(loss)
+    losses.append(np.asarray(loss, np.float64).reshape(length, -1))  # the host's one wait per chunk
+    if eval_every and (start + length) % eval_every == 0:
+      evaluated.append((start + length, run("metrics", metrics, data, state.params, cold=True)))
+    if on_progress is not None:
+      on_progress(start + length)
+    alive = alive & np.isfinite(losses[-1]).all(axis=0)
+    if not np.any(alive):
+      break
+  final = run("metrics", metrics, data, state.params, cold=True)
+  params = state.params if batched else jax.tree.map(lambda x: x[None], state.params)
+  loss = np.concatenate(losses)
+  loss = np.concatenate([loss, np.full((steps - len(loss), loss.shape[1]), np.nan)]).T
+  records = jax.device_get({"monitor": monitored, "eval": evaluated, "final": [(steps, final)]})
+  n, wall_time, compile_time = len(loss), time.perf_counter() - tic, run.seconds - compile_seconds
+  return [_history(i, loss[i], records, params, loop, wall_time / n, compile_time / n) for i in range(n)]
+
+
+def _history(i, loss, records, params, loop, wall_time, compile_time) -> History:
+  """Run i's History from the records of a program that trained one or more runs."""
+  series = {
+      key: {name: np.array([np.reshape(r[name], -1)[i] for _, r in rows]) for name in (rows[0][1] if rows else {})}
+      for key, rows in records.items()
+  }
+  bad = np.flatnonzero(~np.isfinite(loss))
+  diverged_at = int(bad[0]) + 1 if len(bad) else None
+  return History(
+      loss=np.where(np.arange(len(loss)) < (diverged_at or len(loss)), loss, np.nan),
+      eval_steps=np.array([s for s, _ in records["eval"]], np.int64),
+      eval=series["eval"],
+      monitor_steps=np.array([s for s, _ in records["monitor"]], np.int64),
+      monitor=series["monitor"],
+      final={name: float(v[0]) for name, v in series["final"].items()},
+      status="ok" if diverged_at is None else "diverged",
+      diverged_at=diverged_at,
+      params=jax.tree.map(lambda x: x[i], params),
+      loop=loop,
+      wall_time=wall_time,
+      compile_time=compile_time,
+  )
+
+
+def fit(
+    problem: Problem,
+    tx: optax.GradientTransformation,
+    *,
+    steps: int,
+    batch_size: int | None = None,
+    seed: int = 0,
+    eval_every: int = 0,
+    monitor: Monitor | None = None,
+    monitor_every: int = 0,
+    loop: str = "auto",
+    on_progress: Callable[[int], None] | None = None,
+) -> History:
+  """Trains `problem` with `tx` for `steps` steps (never raises on divergence).
+
+  Each step passes `tx.update` the extra arguments `problem.extra_args(batch)` (obj_fn,
+  value_fn, model_fn, output_loss_fn) and optax's `value=loss, grad=grads`.
+  Every `eval_every` steps (0: at the end only) records `problem.eval_metrics`. Every
+  `monitor_every` steps records `monitor(params, grads, updates, opt_state, batch, step)`:
+  params and batch where the gradient was taken, the update applied, the state it produced and
+  the 0-based step index (int32). The monitor must be jittable; on the python loop it is called
+  with concrete arrays, so it should be jitted (as `monitor.Monitor` is).
+  `on_progress(steps_done)` is called between chunks (a progress bar's hook).
+  """
+  checks.check_in_range("seed", seed, -2**31, 2**31 - 1)  # seeds are traced as int32
+  (history,) = _train(
+      problem, lambda hp: tx, {}, np.int32(seed), False, _Compiled(), steps=steps, batch_size=batch_size,
+      eval_every=eval_every, monitor=monitor, monitor_every=monitor_every, loop=loop, on_progress=on_progress,
+  )
+  return history
+
+
+def fit_vmapped(
+    problem: Problem,
+    tx_factory: Callable[..., optax.GradientTransformation],
+    hparams: dict[str, Any],
+    seeds: Any,
+    *,
+    vmap: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+    **kwargs: Any,
+) -> list[History]:
+  """Runs i = 0 … n−1 of `fit(problem, tx_factory(**{k: v[i]}), seed=seeds[i], **kwargs)` as ONE
+  compiled program, vmapped over the runs.
+
+  The optimizer is `optax.inject_hyperparams(tx_factory)`, so the numeric hyperparameters in
+  `hparams` (name -> n values) are traced, not baked into the program. `vmap=False` runs the
+  points one after another through one compiled, unbatched program instead (what `should_vmap`
+  picks where vmapping would be slower). `on_progress` gets the steps done summed over the runs.
+  """
+  seeds = np.asarray(seeds)
+  if seeds.ndim != 1 or len(seeds) == 0 or not np.issubdtype(seeds.dtype, np.integer):
+    raise ValueError(f"seeds={seeds!r} must be a non-empty 1-D array of integers")
+  for seed in seeds:
+    checks.check_in_range("seed", int(seed), -2**31, 2**31 - 1)
+  hparams = {k: np.asarray(v) for k, v in hparams.items()}
+  for name, values in hparams.items():
+    if values.shape != seeds.shape:
+      raise ValueError(f"{name} has shape {values.shape}; expected ({len(seeds)},), one value per seed")
+  make_tx = lambda hp: optax.inject_hyperparams(tx_factory)(**hp)
+  run, seeds, n = _Compiled(), seeds.astype(np.int32), len(seeds)
+  report = lambda offset, scale: on_progress and (lambda done: on_progress(offset + scale * done))
+  if vmap:
+    return _train(problem, make_tx, hparams, seeds, True, run, on_progress=report(0, n), **kwargs)
+  return [
+      h
+      for i in range(n)
+      for h in _train(
+          problem, make_tx, {k: v[i] for k, v in hparams.items()}, seeds[i], False, run,
+          on_progress=report(i * kwargs.get("steps", 0), 1), **kwargs,
+      )
+  ]
+
+
+def step_flops(problem: Problem, tx: optax.GradientTransformation, batch_size: int | None = None) -> float:
+  """XLA's estimate of the floating-point operations of one training step of one run."""
+  init, step = _point_fns(problem, lambda hp: tx, batch_size)
+  state = jax.eval_shape(init, np.int32(0), {})
+  data = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), problem.data)
+  cost = jax.jit(step).lower(state, {}, data, np.int32(0)).cost_analysis()
+  return float(cost["flops"])
+
+
+def should_vmap(
+    problem: Problem,
+    n_points: int,
+    *,
+    tx: optax.GradientTransformation | None = None,
+    batch_size: int | None = None,
+) -> bool:
+  """Whether `fit_vmapped` over `n_points` runs beats running them one by one (`vmap=False`).
+
+  Vmapping pays where one run leaves the hardware idle or its fixed costs dominate. On XLA CPU
+  a vmapped matmul is a loop of the runs' matmuls, so vmapping gains little per step, and once a
+  step is big enough to keep the cores busy it loses: the rule is vmap iff `step_flops` (of
+  `tx`, SGD if None) <= `VMAP_MAX_FLOPS`, and never for convolutions on CPU (vmapped over runs
+  they become grouped convolutions). Measured with experiments/bench_sweep.py on 2 loaded
+  cores, 8 Adam runs of 200 steps at batch 128, vmapped / sequential: digits-MLP 64-64
+  (6 MFLOP/step) 0.55, MLP 784-64-64-10 (30 MFLOP) 0.90, 784-128-128-10 (67 MFLOP) 0.97,
+  784-256-256-10 (159 MFLOP) 1.31, 784-512-512-10 (420 MFLOP) 1.62, digits-CNN 3.3.
+  Accelerators are always vmapped (not measured here).
+  """
+  if n_points < 2:
+    return False
+  if jax.default_backend() != "cpu":
+    return True
+  if problem.has_conv:
+    return False
+  return step_flops(problem, optax.sgd(0.1) if tx is None else tx, batch_size) <= VMAP_MAX_FLOPS
