@@ -1,7 +1,10 @@
-"""Sets of vectors stored as one tree: each leaf of params gets a leading axis of size m.
+"""Sets of m vectors shaped like params, stored as "rows": each leaf flattened to an (m, size) matrix.
 
-Keeping a Krylov basis in this stacked form (rather than a flat m × n matrix) keeps every
-leaf's own shape and sharding, so the products below run where the parameters live.
+Krylov bases live in this form inside the loops: every product with the basis is one plain
+matrix-vector product per leaf, and writing a row is a dynamic-update-slice on the same array
+XLA reads, so it runs in place. (Keeping leaves as (m, *shape) and reshaping for the products
+made XLA CPU copy the whole basis several times per step.) Each leaf keeps its own dtype and
+sharding. `stack`/`unstack` convert to and from params-shaped trees with a leading axis m.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["zeros", "set_row", "dot", "combine", "project_out", "vdot", "norm", "scalar_dtype"]
+__all__ = ["scalar_dtype", "zeros", "set_row", "row", "vdot", "norm", "unit", "dot", "combine", "project_out",
+           "stack", "unstack"]
 
 
 def scalar_dtype(tree: Any) -> jnp.dtype:
@@ -19,14 +23,21 @@ def scalar_dtype(tree: Any) -> jnp.dtype:
   return jnp.result_type(*jax.tree.leaves(tree))
 
 
-def zeros(tree: Any, m: int) -> Any:
-  """m zero vectors shaped like `tree`."""
-  return jax.tree.map(lambda x: jnp.zeros((m, *jnp.shape(x)), jnp.result_type(x)), tree)
+def zeros(like: Any, m: int) -> Any:
+  """m zero rows for vectors shaped like `like`."""
+  return jax.tree.map(lambda x: jnp.zeros((m, jnp.size(x)), jnp.result_type(x)), like)
 
 
-def set_row(basis: Any, i: jax.Array, v: Any) -> Any:
-  """Writes vector `v` into row `i`; an out-of-range `i` leaves the basis unchanged."""
-  return jax.tree.map(lambda b, x: b.at[i].set(x, mode="drop"), basis, v)
+def set_row(rows: Any, i: jax.Array, v: Any) -> Any:
+  """Writes vector `v` into row `i`."""
+  return jax.tree.map(
+      lambda r, x: jax.lax.dynamic_update_slice_in_dim(r, x.reshape(1, -1).astype(r.dtype), i, 0), rows, v)
+
+
+def row(rows: Any, i: jax.Array, like: Any) -> Any:
+  """Row `i` as a vector shaped like `like`."""
+  return jax.tree.map(lambda r, x: jax.lax.dynamic_index_in_dim(r, i, 0, keepdims=False).reshape(jnp.shape(x)),
+                      rows, like)
 
 
 def vdot(u: Any, v: Any) -> jax.Array:
@@ -39,18 +50,34 @@ def norm(v: Any) -> jax.Array:
   return jnp.sqrt(vdot(v, v))
 
 
-def dot(basis: Any, v: Any) -> jax.Array:
+def unit(v: Any) -> Any:
+  """v / ‖v‖."""
+  n = norm(v)
+  return jax.tree.map(lambda x: x / n.astype(x.dtype), v)
+
+
+def dot(rows: Any, v: Any) -> jax.Array:
   """(Qᵀ v)_j = ⟨q_j, v⟩ for every row j: shape (m,)."""
-  def leaf_dot(b, x):
-    return jnp.tensordot(b, x, axes=x.ndim)
-  return sum(leaf_dot(b, x) for b, x in zip(jax.tree.leaves(basis), jax.tree.leaves(v)))
+  return sum(r @ x.reshape(-1) for r, x in zip(jax.tree.leaves(rows), jax.tree.leaves(v)))
 
 
-def combine(basis: Any, coeffs: jax.Array) -> Any:
-  """Σ_j c_j q_j; `coeffs` of shape (m,) gives one vector, (m, k) gives k stacked vectors."""
-  return jax.tree.map(lambda b: jnp.tensordot(coeffs.astype(b.dtype), b, axes=([0], [0])), basis)
+def combine(rows: Any, coeffs: jax.Array, like: Any) -> Any:
+  """Σ_j c_j q_j shaped like `like`; `coeffs` of shape (m, k) gives k vectors stacked on axis 0."""
+  def leaf(r, x):
+    return (coeffs.astype(r.dtype).T @ r).reshape(coeffs.shape[1:] + jnp.shape(x))
+  return jax.tree.map(leaf, rows, like)
 
 
-def project_out(basis: Any, v: Any) -> Any:
-  """v − Q (Qᵀ v): removes the components of `v` along the (orthonormal) rows of the basis."""
-  return jax.tree.map(jnp.subtract, v, combine(basis, dot(basis, v)))
+def project_out(rows: Any, v: Any) -> Any:
+  """v − Q (Qᵀ v): removes the components of `v` along the (orthonormal) rows."""
+  return jax.tree.map(jnp.subtract, v, combine(rows, dot(rows, v), v))
+
+
+def stack(rows: Any, like: Any) -> Any:
+  """Rows as a params-shaped tree with a leading axis m."""
+  return jax.tree.map(lambda r, x: r.reshape((r.shape[0],) + jnp.shape(x)), rows, like)
+
+
+def unstack(stacked: Any) -> Any:
+  """A params-shaped tree with a leading axis m as rows."""
+  return jax.tree.map(lambda s: s.reshape(s.shape[0], -1), stacked)

@@ -4,10 +4,12 @@ After m steps from a unit q₀, Qᵀ A Q = T, the m × m tridiagonal matrix with
 off-diagonal β, Q = [q₀ … q_{m−1}] orthonormal. Each step:
   w = A q_i;  α_i = q_iᵀ w;  w ← w − α_i q_i − β_{i−1} q_{i−1};  w ← w − Q (Qᵀ w);
   β_i = ‖w‖;  q_{i+1} = w / β_i.
-The full re-orthogonalisation pass keeps Q orthonormal to working precision, so no spurious
-copies of converged eigenvalues appear. If β_i vanishes (Krylov space exhausted: an invariant
-subspace was found), the step restarts from a random vector orthogonal to Q and records β_i = 0,
-so T stays exactly Qᵀ A Q and its eigenvalues remain eigenvalues of A.
+The full re-orthogonalisation pass (repeated when it cancels most of w, the DGKS test) keeps Q
+orthonormal to working precision, so no spurious copies of converged eigenvalues appear. If β_i
+vanishes (Krylov space exhausted: an invariant subspace was found), the step restarts from a
+random vector orthogonal to Q and records β_i = 0, so T stays Qᵀ A Q and its eigenvalues remain
+eigenvalues of A. Cost per step beyond the matvec: two passes over the m-row basis (O(m·n)
+memory traffic) plus a few vector passes.
 
 Extreme eigenvalues converge first (fast when separated, as Hessian outliers are); the top and
 bottom Ritz values are interior bounds: θ_max ≤ λ_max and θ_min ≥ λ_min.
@@ -48,10 +50,12 @@ class LanczosEigs(NamedTuple):
   bottom_vectors: Any       # params-shaped tree, leading axis k: their unit Ritz vectors.
 
 
+_BREAKDOWN = 10.0   # β ≤ this · eps · ‖T‖ (estimated) counts as an exhausted Krylov space.
+
+
 class _State(NamedTuple):
-  basis: Any          # rows 0..i hold q_0..q_i, the rest zeros.
+  basis: Any          # `basis` rows: 0..i−1 hold q_0..q_{i−1}, the rest zeros; step i writes q_i.
   q: Any              # q_i, the vector the next matvec is applied to.
-  q_prev: Any         # q_{i−1} (zeros at i = 0).
   beta: jax.Array     # β_{i−1} (0 at i = 0).
   alphas: jax.Array   # (m,) α_j for j < i.
   betas: jax.Array    # (m,) β_j for j < i.
@@ -64,40 +68,43 @@ def tridiagonal(alphas: jax.Array, betas: jax.Array) -> jax.Array:
   return jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
 
 
-def _unit(v: Any) -> Any:
-  n = B.norm(v)
-  return jax.tree.map(lambda x: x / n.astype(x.dtype), v)
-
-
 def _init(v0: Any, key: jax.Array, num_iters: int) -> _State:
-  q = _unit(v0)
+  q = B.unit(v0)
   dtype = B.scalar_dtype(q)
   zero = jnp.zeros([], dtype)
-  basis = B.set_row(B.zeros(q, num_iters), 0, q)
-  vec_zeros = jax.tree.map(jnp.zeros_like, q)
-  return _State(basis, q, vec_zeros, zero, jnp.zeros(num_iters, dtype), jnp.zeros(num_iters, dtype),
+  return _State(B.zeros(q, num_iters), q, zero, jnp.zeros(num_iters, dtype), jnp.zeros(num_iters, dtype),
                 zero, key)
 
 
 def _step(state: _State, w: Any, i: jax.Array) -> _State:
+  basis = B.set_row(state.basis, i, state.q)
   alpha = B.vdot(state.q, w)
+  # q_{i−1} is read from the basis rather than carried (at i = 0, β = 0 cancels the clamped row).
+  q_prev = B.row(basis, jnp.maximum(i - 1, 0), w)
   w = jax.tree.map(lambda x, q, p: x - alpha.astype(x.dtype) * q - state.beta.astype(x.dtype) * p,
-                   w, state.q, state.q_prev)
-  w = B.project_out(state.basis, w)
+                   w, state.q, q_prev)
+  local_norm = B.norm(w)
+  w = B.project_out(basis, w)
   beta = B.norm(w)
+  # DGKS test: when the full pass removed more than 1 − 1/√2 of the norm, one pass may not
+  # reach working-precision orthogonality, so a second pass runs (rarely: near breakdown).
+  w, beta = jax.lax.cond(beta < local_norm / np.sqrt(2.0), lambda: _again(basis, w), lambda: (w, beta))
   scale = jnp.maximum(state.scale, jnp.abs(alpha) + state.beta)
-  size = sum(x.size for x in jax.tree.leaves(w))
-  breakdown = beta <= jnp.finfo(beta.dtype).eps * np.sqrt(size) * scale
+  breakdown = beta <= _BREAKDOWN * jnp.finfo(beta.dtype).eps * scale
   key, sub = jax.random.split(state.key)
 
   def restart():
     z = rademacher_like(sub, w)
-    return _unit(B.project_out(state.basis, B.project_out(state.basis, z)))
+    return B.unit(B.project_out(basis, B.project_out(basis, z)))
 
   q_next = jax.lax.cond(breakdown, restart, lambda: jax.tree.map(lambda x: x / beta.astype(x.dtype), w))
   beta = jnp.where(breakdown, jnp.zeros_like(beta), beta)
-  return _State(B.set_row(state.basis, i + 1, q_next), q_next, state.q, beta,
-                state.alphas.at[i].set(alpha), state.betas.at[i].set(beta), scale, key)
+  return _State(basis, q_next, beta, state.alphas.at[i].set(alpha), state.betas.at[i].set(beta), scale, key)
+
+
+def _again(basis: Any, w: Any) -> tuple[Any, jax.Array]:
+  w = B.project_out(basis, w)
+  return w, B.norm(w)
 
 
 _step_jit = jax.jit(_step, donate_argnums=0)
@@ -105,7 +112,10 @@ _init_jit = jax.jit(_init, static_argnums=2)
 
 
 def _result(state: _State) -> LanczosResult:
-  return LanczosResult(state.alphas, state.betas[:-1], state.basis)
+  return LanczosResult(state.alphas, state.betas[:-1], B.stack(state.basis, state.q))
+
+
+_result_jit = jax.jit(_result)
 
 
 @partial(jax.jit, static_argnums=3)
@@ -120,7 +130,13 @@ def _lanczos_python(matvec: Callable, v0: Any, key: jax.Array, num_iters: int) -
   state = _init_jit(v0, key, num_iters)
   for i in range(num_iters):
     state = _step_jit(state, apply(matvec, state.q), jnp.asarray(i, jnp.int32))
-  return _result(state)
+  return _result_jit(state)
+
+
+@jax.jit
+def _start(key: jax.Array, params: Any) -> tuple[jax.Array, Any]:
+  key, start_key = jax.random.split(key)
+  return key, rademacher_like(start_key, params)
 
 
 def lanczos(
@@ -146,8 +162,8 @@ def lanczos(
     raise ValueError(f"num_iters={num_iters} is out of range; expected num_iters <= {size} (the dimension)")
   matvec = as_partial(matvec)
   run = _lanczos_python if resolve_loop(loop, matvec, params) == "python" else _lanczos_scan
-  key, start_key = jax.random.split(key)
-  v0 = rademacher_like(start_key, params) if v0 is None else v0
+  if v0 is None:
+    key, v0 = _start(key, params)
   return run(matvec, v0, key, num_iters)
 
 
@@ -155,8 +171,9 @@ def lanczos(
 def _ritz_pairs(result: LanczosResult, k: int) -> LanczosEigs:
   theta, s = jnp.linalg.eigh(tridiagonal(result.alphas, result.betas))
   top, bottom = theta.shape[0] - 1 - jnp.arange(k), jnp.arange(k)
-  return LanczosEigs(theta[top], B.combine(result.basis, s[:, top]),
-                     theta[bottom], B.combine(result.basis, s[:, bottom]))
+  rows, like = B.unstack(result.basis), jax.tree.map(lambda b: b[0], result.basis)
+  return LanczosEigs(theta[top], B.combine(rows, s[:, top], like),
+                     theta[bottom], B.combine(rows, s[:, bottom], like))
 
 
 def lanczos_eigs(

@@ -35,25 +35,20 @@ __all__ = ["power_iteration", "power_extremes"]
 
 class _State(NamedTuple):
   v: Any                # current unit iterate.
-  eigenvalue: jax.Array # latest Rayleigh quotient of A' (unshifted back).
+  eigenvalue: jax.Array # latest Rayleigh quotient vᵀA'v (shift not added back).
   iters: jax.Array      # int32: matvecs taken.
   converged: jax.Array  # bool: the tol test passed.
 
 
-def _operator(matvec: Callable, shift: jax.Array, deflate: Any, v: Any) -> Any:
-  if deflate is not None:
-    v = B.project_out(deflate, v)
+def _operator(matvec: Callable, shift: jax.Array, deflate_rows: Any, v: Any) -> Any:
+  if deflate_rows is not None:
+    v = B.project_out(deflate_rows, v)
   av = jax.tree.map(lambda a, x: a - shift.astype(x.dtype) * x, matvec(v), v)
-  return av if deflate is None else B.project_out(deflate, av)
-
-
-def _unit(v: Any) -> Any:
-  n = B.norm(v)
-  return jax.tree.map(lambda x: x / n.astype(x.dtype), v)
+  return av if deflate_rows is None else B.project_out(deflate_rows, av)
 
 
 def _init(v0: Any) -> _State:
-  v = _unit(v0)
+  v = B.unit(v0)
   return _State(v, jnp.zeros([], B.scalar_dtype(v)), jnp.zeros([], jnp.int32), jnp.zeros([], bool))
 
 
@@ -61,10 +56,12 @@ def _step(state: _State, av: Any, tol: jax.Array) -> _State:
   eigenvalue = B.vdot(state.v, av)
   change = jnp.abs(eigenvalue - state.eigenvalue)
   converged = (state.iters > 0) & (change <= tol * jnp.abs(state.eigenvalue))
-  return _State(_unit(av), eigenvalue, state.iters + 1, converged)
+  return _State(B.unit(av), eigenvalue, state.iters + 1, converged)
 
 
 _step_jit = jax.jit(_step, donate_argnums=0)
+_init_jit = jax.jit(_init)
+_start = jax.jit(rademacher_like)
 
 
 @partial(jax.jit, static_argnums=3)
@@ -74,7 +71,7 @@ def _power_while(op: Callable, v0: Any, tol: jax.Array, num_iters: int) -> _Stat
 
 
 def _power_python(op: Callable, v0: Any, tol: jax.Array, num_iters: int) -> _State:
-  state = jax.jit(_init)(v0)
+  state = _init_jit(v0)
   for _ in range(num_iters):
     state = _step_jit(state, apply(op, state.v), tol)
     if state.converged:
@@ -103,9 +100,10 @@ def power_iteration(
   """
   check_positive_int("num_iters", num_iters)
   check_nonnegative("tol", tol)
-  op = Partial(_operator, as_partial(matvec), jnp.asarray(shift), deflate)
+  rows = None if deflate is None else B.unstack(deflate)
+  op = Partial(_operator, as_partial(matvec), jnp.asarray(shift), rows)
   run = _power_python if resolve_loop(loop, op, params) == "python" else _power_while
-  state = run(op, rademacher_like(key, params), jnp.asarray(tol), num_iters)
+  state = run(op, _start(key, params), jnp.asarray(tol), num_iters)
   return state.eigenvalue + shift, state.v, state.iters
 
 

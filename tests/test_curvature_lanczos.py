@@ -1,0 +1,78 @@
+"""Lanczos and its Ritz pairs against numpy.linalg.eigvalsh of the dense Hessian (float64)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from optlab_jax import curvature
+from tests.curvature_models import case, rel_err
+
+_rows = jax.vmap(lambda t: ravel_pytree(t)[0])
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_top5_and_bottom5_match_eigvalsh_within_60_iterations(name):
+  c = case(name)
+  eig = np.linalg.eigvalsh(c.hessian)
+  matvec = c.hvp
+  got = curvature.lanczos_eigs(matvec, c.params, jax.random.key(0), 60, k=5)
+  np.testing.assert_allclose(got.top_values, eig[::-1][:5], rtol=1e-6)
+  np.testing.assert_allclose(got.bottom_values, eig[:5], rtol=1e-6)
+  for values, vectors in ((got.top_values, got.top_vectors), (got.bottom_values, got.bottom_vectors)):
+    y = np.asarray(_rows(vectors))                                         # (5, n) unit Ritz vectors
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-10)
+    residual = y @ c.hessian - np.asarray(values)[:, None] * y
+    assert np.max(np.linalg.norm(residual, axis=1)) < 1e-4 * np.max(np.abs(eig))
+
+
+def test_basis_is_orthonormal_and_tridiagonal_is_its_projection():
+  c = case("mlp")
+  result = curvature.lanczos(c.hvp, c.params, jax.random.key(1), 20)
+  q = np.asarray(_rows(result.basis))                                       # (20, n)
+  np.testing.assert_allclose(q @ q.T, np.eye(20), atol=1e-12)
+  t = np.asarray(curvature.tridiagonal(result.alphas, result.betas))
+  np.testing.assert_allclose(t, q @ c.hessian @ q.T, atol=1e-12 * np.abs(c.hessian).max() * 10)
+
+
+def test_breakdown_on_few_distinct_eigenvalues_restarts_and_keeps_exact_ritz_values():
+  flat, unravel = ravel_pytree({"a": jnp.zeros((8,), jnp.float64), "b": jnp.zeros((2, 2), jnp.float64)})
+  q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(12, 12)))
+  a = q @ np.diag(np.repeat([3.0, 1.0, -2.0], 4)) @ q.T
+  matvec = lambda v: unravel(jnp.asarray(a) @ ravel_pytree(v)[0])
+  result = curvature.lanczos(matvec, unravel(flat), jax.random.key(2), 9)
+  assert np.sum(np.asarray(result.betas) == 0.0) >= 2                       # Krylov space of dim 3
+  basis = np.asarray(_rows(result.basis))
+  np.testing.assert_allclose(basis @ basis.T, np.eye(9), atol=1e-12)
+  theta = np.linalg.eigvalsh(np.asarray(curvature.tridiagonal(result.alphas, result.betas)))
+  assert np.min(np.abs(theta[:, None] - np.array([3.0, 1.0, -2.0])[None, :]), axis=1).max() < 1e-10
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_python_loop_and_scan_give_the_same_numbers(name):
+  c = case(name)
+  matvec = c.hvp
+  py = curvature.lanczos(matvec, c.params, jax.random.key(3), 20, loop="python")
+  xla = curvature.lanczos(matvec, c.params, jax.random.key(3), 20, loop="scan")
+  np.testing.assert_allclose(py.alphas, xla.alphas, rtol=1e-10, atol=1e-14)
+  np.testing.assert_allclose(py.betas, xla.betas, rtol=1e-10)
+  assert rel_err(py.basis, xla.basis) < 1e-10
+
+
+def test_runs_under_jit_of_vmap_and_matches_eager():
+  c = case("mlp")
+  eager = curvature.lanczos_eigs(c.hvp, c.params, jax.random.key(4), 20, k=2)
+  fn = lambda p, k: curvature.lanczos_eigs(curvature.hvp_fn(c.obj_fn, p), p, k, 20, k=2).top_values
+  keys = jnp.stack([jax.random.key(4), jax.random.key(5)])
+  batched = jax.jit(jax.vmap(fn, in_axes=(None, 0)))(c.params, keys)
+  np.testing.assert_allclose(batched[0], eager.top_values, rtol=1e-12)
+
+
+def test_bad_arguments_raise():
+  c = case("mlp")
+  matvec = c.hvp
+  with pytest.raises(ValueError, match="num_iters=186"):
+    curvature.lanczos(matvec, c.params, jax.random.key(0), 186)
+  with pytest.raises(ValueError, match="k=6"):
+    curvature.lanczos_eigs(matvec, c.params, jax.random.key(0), 5, k=6)
