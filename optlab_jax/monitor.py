@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+from jax.tree_util import Partial
 
 from optlab_jax import curvature
 from optlab_jax.curvature.loops import apply, is_traced, resolve_loop
@@ -133,18 +134,26 @@ class Monitor:
     self.lanczos_iters, self.top_k, self.trace_samples = lanczos_iters, top_k, trace_samples
     self.preconditioner = preconditioner or adam_preconditioner()
     self.seed, self.loop = seed, loop
-    self._linearize = jax.jit(self._linearize_impl)
     self._compiled = jax.jit(self._scan_impl)
 
   def __call__(self, params, grads, updates, opt_state, batch, step=0) -> dict[str, jax.Array]:
     key = jax.random.fold_in(jax.random.key(self.seed), step)
     if is_traced(params, batch) or not self.metrics:
       return self._scan_impl(params, grads, updates, opt_state, batch, key, step)
-    hess, ggn = self._linearize(params, batch)
-    probe = hess if hess is not None else ggn
-    if resolve_loop(self.loop, probe, params) == "scan":
+    # Host path: matvecs are Partials of fixed functions with (params, batch) as leaves, so
+    # each jitted Lanczos step compiles once per Monitor, not once per call.
+    hess = Partial(self._hvp_at, params, batch) if _NEEDS_HESSIAN.intersection(self.metrics) else None
+    ggn = Partial(self._ggn_at, params, batch) if "ggn_lambda_max" in self.metrics else None
+    if resolve_loop(self.loop, hess if hess is not None else ggn, params) == "scan":
       return self._compiled(params, grads, updates, opt_state, batch, key, step)
     return self._measure(hess, ggn, params, grads, updates, opt_state, key, step, "python")
+
+  def _hvp_at(self, params, batch, v):
+    return curvature.hvp(lambda p: self.loss_fn(p, batch), params, v)
+
+  def _ggn_at(self, params, batch, v):
+    model_fn = lambda p: self.model_fn(p, batch)
+    return curvature.ggn_fn(model_fn, lambda o: self.output_loss_fn(o, batch), params)(v)
 
   def _linearize_impl(self, params, batch):
     hess = ggn = None

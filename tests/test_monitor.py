@@ -10,6 +10,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from optlab_jax import curvature
+from optlab_jax.curvature.loops import apply
 from optlab_jax.monitor import METRICS, Monitor
 from tests import curvature_models as M
 
@@ -94,13 +95,14 @@ def test_jitted_and_host_paths_agree(model):
 
 def test_conv_on_cpu_runs_python_loop_and_compiles_once():
   args, ctx = _setup("cnn")
-  monitor = Monitor(["lambda_max"], lanczos_iters=10, **args)
-  hess, _ = monitor._linearize(ctx["params"], None)
+  monitor = Monitor(["lambda_max", "directional_sharpness"], lanczos_iters=10, **args)
+  hess = jax.tree_util.Partial(monitor._hvp_at, ctx["params"], None)
   assert curvature.resolve_loop("auto", hess, ctx["params"]) == ("python" if jax.default_backend() == "cpu" else "scan")
-  before = monitor._linearize._cache_size()
   _call(monitor, ctx, step=1)
-  _call(monitor, ctx, step=2)
-  assert monitor._linearize._cache_size() == before
+  compiled = apply._cache_size()
+  moved = jax.tree.map(lambda x: x * 1.01, ctx["params"])
+  monitor(moved, ctx["grads"], ctx["updates"], ctx["state"], None, 2)
+  assert apply._cache_size() == compiled, "a second monitor call at new params recompiled the matvec"
 
 
 def test_eos_ratio_reads_injected_learning_rate():
