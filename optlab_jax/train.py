@@ -34,8 +34,9 @@ __all__ = ["History", "LOOPS", "TrainState", "choose_loop", "fit", "fit_vmapped"
 
 LOOPS = ("auto", "scan", "python")
 # XLA's FLOP estimate for one step of one run up to which vmapping runs on CPU beats running
-# them one by one; calibrated with experiments/bench_sweep.py (see `should_vmap`).
-VMAP_MAX_FLOPS = 3e7
+# them one by one (see `should_vmap`). experiments/bench_sweep.py on 2 quiet cores, vmap8/seq8:
+# 0.81 at 6 MFLOP, 0.76 at 67, 0.87 at 159, 1.03 at 420; the bound keeps a margin below the cross.
+VMAP_MAX_FLOPS = 1e8
 # monitor(params, grads, updates, opt_state, batch, step) -> {name: scalar}; see `fit`.
 Monitor = Callable[..., dict[str, jax.Array]]
 
