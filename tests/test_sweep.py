@@ -5,7 +5,6 @@ from __future__ import annotations
 import textwrap
 
 import numpy as np
-import pytest
 
 from optlab_jax import config, monitor, optim, results, sweep, train
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optlab_jax.optim import registry
-from optlab_jax.optim.base import check_in_range, check_nonnegative, integer_leaves_untouched
+from optlab_jax.optim.base import check_nonnegative, integer_leaves_untouched
 from optlab_jax.optim.base import require_extra_arg
 from optlab_jax.optim.registry import register
 
