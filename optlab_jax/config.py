@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections.abc
 import copy
 import dataclasses
-import difflib
 import functools
 import inspect
 import json
@@ -29,6 +28,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeI
 from pydantic import ValidationError, create_model
 
 from optlab_jax import monitor, optim, problems, schedules, sweep
+from optlab_jax.checks import did_you_mean
 
 SECTIONS = ("problem", "optimizer", "train", "monitor")
 _STRICT = ConfigDict(strict=True, extra="forbid")
@@ -127,19 +127,6 @@ def dotted(loc: tuple) -> str:
   for part in loc:
     out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
   return out
-
-
-# PyTorch's names of hyperparameters, for the did-you-mean of an unknown key.
-_TORCH_NAMES = {"lr": "learning_rate", "betas": "b1", "beta1": "b1", "beta2": "b2", "alpha": "decay"}
-
-
-def did_you_mean(name: str, known: collections.abc.Iterable[str]) -> str:
-  """"; did you mean 'x'?" with the closest known name (difflib, or PyTorch's name for it), or ""."""
-  known = list(known)
-  if _TORCH_NAMES.get(name) in known:
-    return f"; did you mean {_TORCH_NAMES[name]!r}?"
-  close = difflib.get_close_matches(name, known, n=1)
-  return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _unknown(kind: str, name: Any, known: list[str]) -> str:

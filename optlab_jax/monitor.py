@@ -34,7 +34,7 @@ from jax.tree_util import Partial
 
 from optlab_jax import curvature
 from optlab_jax.curvature.loops import apply, is_traced, resolve_loop
-from optlab_jax.optim.base import check_positive_int
+from optlab_jax.checks import check_positive_int
 
 __all__ = ["METRICS", "Monitor", "adam_preconditioner"]
 

@@ -30,7 +30,7 @@ from optax.schedules import (
     warmup_exponential_decay_schedule,
 )
 
-from optlab_jax.optim import base
+from optlab_jax import checks
 
 __all__ = [
     # optax's, unchanged
@@ -53,9 +53,9 @@ def _cyclical(
     base_lr: float, max_lr: float, step_size: float, scale: Callable[[jax.Array, jax.Array], jax.Array]
 ) -> Schedule:
   """Smith's triangle between base_lr and max_lr, its height times scale(cycle, t)."""
-  base.check_nonnegative("base_lr", base_lr)
-  base.check_in_range("max_lr", max_lr, float(base_lr))
-  base.check_positive("step_size", step_size)
+  checks.check_nonnegative("base_lr", base_lr)
+  checks.check_in_range("max_lr", max_lr, float(base_lr))
+  checks.check_positive("step_size", step_size)
 
   def schedule(count):
     t = _float_step(count)
@@ -91,14 +91,14 @@ def exp_range(base_lr: float, max_lr: float, step_size: float, gamma: float) -> 
 
   References: Smith, 2017, Cyclical learning rates (arXiv:1506.01186).
   """
-  base.check_in_range("gamma", gamma, 0.0, 1.0, lower_open=True)
+  checks.check_in_range("gamma", gamma, 0.0, 1.0, lower_open=True)
   return _cyclical(base_lr, max_lr, step_size, lambda cycle, t: gamma**t)
 
 
 def _inverse_decay(init_value, decay_rate, decay_steps, staircase, power) -> Schedule:
-  base.check_nonnegative("init_value", init_value)
-  base.check_nonnegative("decay_rate", decay_rate)
-  base.check_positive("decay_steps", decay_steps)
+  checks.check_nonnegative("init_value", init_value)
+  checks.check_nonnegative("decay_rate", decay_rate)
+  checks.check_positive("decay_steps", decay_steps)
 
   def schedule(count):
     progress = _float_step(count) / decay_steps
@@ -139,10 +139,10 @@ def linear_warmup(
   References: Goyal et al., 2017, Accurate, large minibatch SGD: training ImageNet in 1 hour
   (arXiv:1706.02677), gradual warm-up.
   """
-  base.check_positive_int("warmup_steps", warmup_steps)
-  base.check_nonnegative("init_value", init_value)
+  checks.check_positive_int("warmup_steps", warmup_steps)
+  checks.check_nonnegative("init_value", init_value)
   if not callable(schedule):
-    base.check_nonnegative("schedule", schedule)
+    checks.check_nonnegative("schedule", schedule)
     schedule = constant_schedule(schedule)
   linear = linear_schedule(init_value, schedule(0), int(warmup_steps))
   # optax's ramp computes in float32 when given an int32 count; a float count keeps x64.

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optlab_jax.optim import base as checks
+from optlab_jax import checks
 from optlab_jax.problems import Problem
 
 __all__ = ["History", "LOOPS", "TrainState", "choose_loop", "fit", "fit_vmapped", "should_vmap", "step_flops"]

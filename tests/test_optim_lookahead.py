@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import optlab_jax
-from optlab_jax.optim import base
+from optlab_jax import checks
 from optlab_jax.optim.lookahead import with_lookahead
 from tests import problems_for_tests as P
 
@@ -108,7 +108,7 @@ def _sgd_from_obj_fn(learning_rate):
   """An inner transform that ignores its input and differentiates `obj_fn` itself."""
 
   def update_fn(updates, state, params=None, *, obj_fn=None, **extra_args):
-    base.require_extra_arg("obj_fn", obj_fn, example="obj_fn=lambda p: loss(p, batch)")
+    checks.require_extra_arg("obj_fn", obj_fn, example="obj_fn=lambda p: loss(p, batch)")
     return jax.tree.map(lambda g: -learning_rate * g, jax.grad(obj_fn)(params)), state
 
   return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)

@@ -10,6 +10,7 @@ over jitted steps, everything else a `lax.scan`).
 
 from optlab_jax.curvature.fisher import (
     LIKELIHOODS,
+    check_likelihood,
     empirical_fisher_fn,
     fisher_fn,
     nll,
@@ -25,7 +26,7 @@ from optlab_jax.curvature.products import ggn_fn, hvp, hvp_fn, linearize_transpo
 from optlab_jax.curvature.slq import gaussian_density, slq_density, slq_moments, slq_quadrature
 
 __all__ = [
-    "LIKELIHOODS", "LOOPS", "LanczosEigs", "LanczosResult",
+    "LIKELIHOODS", "LOOPS", "LanczosEigs", "LanczosResult", "check_likelihood",
     "empirical_fisher_fn", "fisher_fn", "gaussian_density", "ggn_fn", "has_primitive",
     "hutchinson_diag", "hutchinson_trace", "hutchpp_trace", "hvp", "hvp_fn", "lanczos",
     "lanczos_eigs", "linearize_transpose", "nll", "per_example_nll", "power_extremes",

@@ -15,21 +15,22 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
+from optlab_jax import checks
 from optlab_jax.curvature.products import linearize_transpose
 
-__all__ = ["LIKELIHOODS", "per_example_nll", "nll", "sample_targets", "fisher_fn", "empirical_fisher_fn"]
+__all__ = ["LIKELIHOODS", "check_likelihood", "per_example_nll", "nll", "sample_targets", "fisher_fn", "empirical_fisher_fn"]
 
 LIKELIHOODS = ("categorical", "gaussian")
 
 
-def _check_likelihood(likelihood: str) -> None:
-  if likelihood not in LIKELIHOODS:
-    raise ValueError(f"likelihood={likelihood!r} is not supported; expected one of {LIKELIHOODS}")
+def check_likelihood(likelihood: str) -> None:
+  """`ValueError` unless `likelihood` names a supported predictive distribution."""
+  checks.check_choice("likelihood", likelihood, LIKELIHOODS)
 
 
 def per_example_nll(outputs: jax.Array, targets: jax.Array, likelihood: str) -> jax.Array:
   """Negative log-likelihood of each example (shape: the batch axis), up to constants."""
-  _check_likelihood(likelihood)
+  check_likelihood(likelihood)
   if likelihood == "categorical":
     logp = jax.nn.log_softmax(outputs, axis=-1)
     return -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
@@ -47,7 +48,7 @@ def sample_targets(key: jax.Array, outputs: jax.Array, likelihood: str) -> jax.A
 
   categorical: int32 labels y ∼ Categorical(softmax(outputs)); gaussian: y = outputs + N(0, I).
   """
-  _check_likelihood(likelihood)
+  check_likelihood(likelihood)
   outputs = jax.lax.stop_gradient(outputs)
   if likelihood == "categorical":
     return jax.random.categorical(key, outputs, axis=-1).astype(jnp.int32)
@@ -80,7 +81,7 @@ def fisher_fn(
   References: Martens, 2020, New insights and perspectives on the natural gradient method;
   Kunstner et al., 2019, Limitations of the empirical Fisher approximation.
   """
-  _check_likelihood(likelihood)
+  check_likelihood(likelihood)
   outputs, jvp, vjp = linearize_transpose(model_fn, params)
   keys = jax.random.split(key, num_samples)
   targets = jax.vmap(sample_targets, in_axes=(0, None, None))(keys, outputs, likelihood)

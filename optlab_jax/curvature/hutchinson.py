@@ -15,7 +15,7 @@ from jax.flatten_util import ravel_pytree
 
 from optlab_jax.curvature import basis as B
 from optlab_jax.curvature.probes import rademacher_like
-from optlab_jax.optim.base import check_positive_int
+from optlab_jax.checks import check_positive_int
 
 __all__ = ["hutchinson_diag", "hutchinson_trace", "hutchpp_trace"]
 

@@ -30,7 +30,7 @@ import numpy as np
 from optlab_jax.curvature import basis as B
 from optlab_jax.curvature.loops import apply, as_partial, resolve_loop
 from optlab_jax.curvature.probes import rademacher_like
-from optlab_jax.optim.base import check_positive_int
+from optlab_jax.checks import check_positive_int
 
 __all__ = ["LanczosResult", "LanczosEigs", "lanczos", "lanczos_eigs", "tridiagonal"]
 

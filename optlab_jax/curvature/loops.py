@@ -14,6 +14,8 @@ from typing import Any, Callable
 import jax
 from jax.tree_util import Partial
 
+from optlab_jax import checks
+
 __all__ = ["LOOPS", "has_primitive", "is_traced", "resolve_loop", "as_partial", "apply"]
 
 LOOPS = ("auto", "scan", "python")
@@ -57,8 +59,7 @@ def resolve_loop(loop: str, matvec: Callable, params: Any) -> str:
   live on CPU, and the matvec's jaxpr contains a convolution; otherwise "scan". Under a
   trace only "scan" is possible, so an explicit "python" there raises `ValueError`.
   """
-  if loop not in LOOPS:
-    raise ValueError(f"loop={loop!r} is not supported; expected one of {LOOPS}")
+  checks.check_choice("loop", loop, LOOPS)
   traced = is_traced(params, matvec)
   if loop == "python" and traced:
     raise ValueError("loop='python' drives a host loop and cannot run under jit/vmap; use loop='scan'")

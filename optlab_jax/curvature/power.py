@@ -28,7 +28,7 @@ from jax.tree_util import Partial
 from optlab_jax.curvature import basis as B
 from optlab_jax.curvature.loops import apply, as_partial, resolve_loop
 from optlab_jax.curvature.probes import rademacher_like
-from optlab_jax.optim.base import check_nonnegative, check_positive_int
+from optlab_jax.checks import check_nonnegative, check_positive_int
 
 __all__ = ["power_iteration", "power_extremes"]
 

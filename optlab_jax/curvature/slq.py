@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from optlab_jax.curvature.lanczos import lanczos, tridiagonal
 from optlab_jax.curvature.loops import as_partial, resolve_loop
 from optlab_jax.curvature.probes import rademacher_like
-from optlab_jax.optim.base import check_positive, check_positive_int
+from optlab_jax.checks import check_positive, check_positive_int
 
 __all__ = ["slq_quadrature", "slq_moments", "slq_density", "gaussian_density"]
 

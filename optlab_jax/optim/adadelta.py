@@ -6,6 +6,7 @@ from typing import Any
 
 import optax
 
+from optlab_jax import checks
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 
@@ -22,8 +23,8 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTran
 
   References: Zeiler, 2012, ADADELTA: An adaptive learning rate method (arXiv:1212.5701).
   """
-  base.check_decay("rho", rho)
-  base.check_nonnegative("eps", eps)
+  checks.check_decay("rho", rho)
+  checks.check_nonnegative("eps", eps)
   return optax.scale_by_adadelta(rho, eps)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optax
 
+from optlab_jax import checks
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 
@@ -22,8 +23,8 @@ def scale_by_adagrad(
   References: Duchi, Hazan & Singer, 2011, Adaptive subgradient methods for online
   learning and stochastic optimization (JMLR 12).
   """
-  base.check_nonnegative("initial_accumulator_value", initial_accumulator_value)
-  base.check_nonnegative("eps", eps)
+  checks.check_nonnegative("initial_accumulator_value", initial_accumulator_value)
+  checks.check_nonnegative("eps", eps)
   return optax.scale_by_rss(initial_accumulator_value, eps)
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optlab_jax import curvature
+from optlab_jax import checks, curvature
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 
@@ -86,12 +86,12 @@ def scale_by_adahessian(
   References: Yao et al., 2020, ADAHESSIAN: An adaptive second order optimizer for machine
   learning (arXiv:2006.00719).
   """
-  base.check_decay("b1", b1)
-  base.check_decay("b2", b2)
-  base.check_nonnegative("eps", eps)
-  base.check_in_range("hessian_power", hessian_power, 0.0, 1.0)
-  base.check_positive_int("update_interval", update_interval)
-  base.check_positive_int("block_size", block_size)
+  checks.check_decay("b1", b1)
+  checks.check_decay("b2", b2)
+  checks.check_nonnegative("eps", eps)
+  checks.check_in_range("hessian_power", hessian_power, 0.0, 1.0)
+  checks.check_positive_int("update_interval", update_interval)
+  checks.check_positive_int("block_size", block_size)
 
   def init_fn(params):
     return ScaleByAdaHessianState(
@@ -103,7 +103,7 @@ def scale_by_adahessian(
 
   def update_fn(updates, state, params=None, *, obj_fn=None, **extra_args):
     del extra_args
-    base.require_extra_arg("obj_fn", obj_fn, example="obj_fn=lambda p: loss_fn(p, batch)")
+    checks.require_extra_arg("obj_fn", obj_fn, example="obj_fn=lambda p: loss_fn(p, batch)")
     if params is None:
       raise ValueError("scale_by_adahessian needs params: call tx.update(grads, state, params, obj_fn=...)")
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import optax
 
+from optlab_jax import checks
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 
@@ -32,10 +33,10 @@ def scale_by_adam(
   References: Kingma & Ba, 2015, Adam: A method for stochastic optimization
   (arXiv:1412.6980); Dozat, 2016, Incorporating Nesterov momentum into Adam.
   """
-  base.check_decay("b1", b1)
-  base.check_decay("b2", b2)
-  base.check_nonnegative("eps", eps)
-  base.check_nonnegative("eps_root", eps_root)
+  checks.check_decay("b1", b1)
+  checks.check_decay("b2", b2)
+  checks.check_nonnegative("eps", eps)
+  checks.check_nonnegative("eps_root", eps_root)
   return optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import optax
 
+from optlab_jax import checks
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 
@@ -32,10 +33,10 @@ def scale_by_amsgrad(
 
   References: Reddi, Kale & Kumar, 2018, On the convergence of Adam and beyond (ICLR).
   """
-  base.check_decay("b1", b1)
-  base.check_decay("b2", b2)
-  base.check_nonnegative("eps", eps)
-  base.check_nonnegative("eps_root", eps_root)
+  checks.check_decay("b1", b1)
+  checks.check_decay("b2", b2)
+  checks.check_nonnegative("eps", eps)
+  checks.check_nonnegative("eps_root", eps_root)
   return optax.scale_by_amsgrad(
       b1, b2, eps, eps_root, mu_dtype,
       bias_correction_mu=bias_correction_mu, bias_correction_nu=bias_correction_nu,

@@ -1,94 +1,18 @@
-"""The optimizer contract's shared parts: hyperparameter checks, extra-arg checks, aliases.
+"""The optimizer contract's shared parts: aliases, weight decay, integer leaves, every-k steps.
 
-Every optimizer validates its hyperparameters at construction with `check_*` (a `ValueError`
-that names the argument, the value and the allowed range), asks for missing extra arguments
-with `require_extra_arg`, and builds its user-facing alias with `alias`.
+Hyperparameter and extra-argument checks live on the ground floor (`optlab_jax.checks`);
+this module builds the user-facing alias (`alias`) and the pieces several optimizers share.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-
-def _concrete(value: Any) -> float | None:
-  """The value as a float, or None when it is traced (then it cannot be checked)."""
-  if isinstance(value, jax.core.Tracer):
-    return None
-  try:
-    return float(value)
-  except (TypeError, ValueError) as e:
-    raise TypeError(f"expected a number, got {value!r}") from e
-
-
-def check_in_range(
-    name: str,
-    value: Any,
-    lower: float = -math.inf,
-    upper: float = math.inf,
-    *,
-    lower_open: bool = False,
-    upper_open: bool = False,
-) -> None:
-  """Raises `ValueError` naming `name` unless `value` lies in the given interval.
-
-  Traced values (``optax.inject_hyperparams`` under ``jit``) pass unchecked: they were
-  checked when the transform was first built with concrete values.
-  """
-  x = _concrete(value)
-  if x is None:
-    return
-  below = x <= lower if lower_open else x < lower
-  above = x >= upper if upper_open else x > upper
-  if below or above or math.isnan(x):
-    left = "(" if lower_open else "["
-    right = ")" if upper_open else "]"
-    raise ValueError(f"{name}={value!r} is out of range; expected {name} in {left}{lower}, {upper}{right}")
-
-
-def check_nonnegative(name: str, value: Any) -> None:
-  """`ValueError` unless value >= 0."""
-  check_in_range(name, value, 0.0)
-
-
-def check_positive(name: str, value: Any) -> None:
-  """`ValueError` unless value > 0."""
-  check_in_range(name, value, 0.0, lower_open=True)
-
-
-def check_decay(name: str, value: Any) -> None:
-  """`ValueError` unless value is in [0, 1) (EMA decay rates, momenta)."""
-  check_in_range(name, value, 0.0, 1.0, upper_open=True)
-
-
-def check_positive_int(name: str, value: Any) -> None:
-  """`ValueError` unless value is an integer >= 1 (periods, intervals, sizes)."""
-  x = _concrete(value)
-  if x is not None and (x < 1 or x != int(x)):
-    raise ValueError(f"{name}={value!r} is out of range; expected an integer {name} >= 1")
-
-
-def check_learning_rate(learning_rate: optax.ScalarOrSchedule) -> None:
-  """A learning rate is a schedule (callable) or a number >= 0."""
-  if not callable(learning_rate):
-    check_nonnegative("learning_rate", learning_rate)
-
-
-def require_extra_arg(name: str, value: Any, example: str) -> None:
-  """Raises `ValueError` telling the caller which keyword to pass to `update`, if missing."""
-  if value is None:
-    raise ValueError(
-        f"this optimizer needs the keyword argument `{name}` in update(); "
-        f"call tx.update(grads, state, params, {example})"
-    )
-
-
-def _is_float(x: Any) -> bool:
-  return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+from optlab_jax import checks
 
 
 def integer_leaves_untouched(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -101,11 +25,11 @@ def integer_leaves_untouched(tx: optax.GradientTransformation) -> optax.Gradient
   """
   tx = optax.with_extra_args_support(tx)
   masked = optax.masked(
-      tx, lambda tree: jax.tree.map(_is_float, tree), mask_compatible_extra_args=True
+      tx, lambda tree: jax.tree.map(checks.is_float, tree), mask_compatible_extra_args=True
   )
 
   def all_float(tree):
-    return all(_is_float(x) for x in jax.tree.leaves(tree))
+    return all(checks.is_float(x) for x in jax.tree.leaves(tree))
 
   def init_fn(params):
     return tx.init(params) if all_float(params) else masked.init(params)
@@ -117,7 +41,7 @@ def integer_leaves_untouched(tx: optax.GradientTransformation) -> optax.Gradient
       if params is not None and callable(extra_args[key]):
         extra_args[key] = _with_integer_leaves(extra_args[key], params)
     updates, state = masked.update(updates, state, params, **extra_args)
-    updates = jax.tree.map(lambda u: u if _is_float(u) else jnp.zeros_like(u), updates)
+    updates = jax.tree.map(lambda u: u if checks.is_float(u) else jnp.zeros_like(u), updates)
     return updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -148,7 +72,7 @@ def alias(
 
   Integer leaves of params are left untouched (see `integer_leaves_untouched`).
   """
-  check_learning_rate(learning_rate)
+  checks.check_learning_rate(learning_rate)
   return integer_leaves_untouched(
       optax.chain(*transforms, optax.scale_by_learning_rate(learning_rate))
   )
@@ -157,7 +81,7 @@ def alias(
 def maybe_weight_decay(weight_decay: Any, mask: Any = None) -> optax.GradientTransformation:
   """`optax.add_decayed_weights` after checking `weight_decay >= 0` (or that it is a schedule)."""
   if not callable(weight_decay):
-    check_nonnegative("weight_decay", weight_decay)
+    checks.check_nonnegative("weight_decay", weight_decay)
   return optax.add_decayed_weights(weight_decay, mask)
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optlab_jax import curvature
+from optlab_jax import checks, curvature
 from optlab_jax.optim import base
 from optlab_jax.optim.conjugate_gradient import conjugate_gradient
 from optlab_jax.optim.newton_cg import check_damped_solver, levenberg_marquardt_step
@@ -69,8 +69,8 @@ def scale_by_gauss_newton(
 
   def update_fn(updates, state, params=None, *, model_fn=None, output_loss_fn=None, **extra_args):
     del extra_args
-    base.require_extra_arg("model_fn", model_fn, example=_MODEL_FN_EXAMPLE)
-    base.require_extra_arg("output_loss_fn", output_loss_fn,
+    checks.require_extra_arg("model_fn", model_fn, example=_MODEL_FN_EXAMPLE)
+    checks.require_extra_arg("output_loss_fn", output_loss_fn,
                            example="output_loss_fn=lambda out: loss(out, batch_y)")
     ggn = curvature.ggn_fn(model_fn, output_loss_fn, params)
     d, mu = levenberg_marquardt_step(lambda p: output_loss_fn(model_fn(p)), params, updates, ggn,
@@ -101,9 +101,8 @@ def scale_by_natural_gradient(
   New insights and perspectives on the natural gradient method.
   """
   check_damped_solver(damping, max_cg_iters, cg_tol)
-  base.check_positive_int("num_samples", num_samples)
-  if likelihood not in curvature.LIKELIHOODS:
-    raise ValueError(f"likelihood={likelihood!r} is not supported; expected one of {curvature.LIKELIHOODS}")
+  checks.check_positive_int("num_samples", num_samples)
+  curvature.check_likelihood(likelihood)
 
   def init_fn(params):
     del params
@@ -111,7 +110,7 @@ def scale_by_natural_gradient(
 
   def update_fn(updates, state, params=None, *, model_fn=None, **extra_args):
     del extra_args
-    base.require_extra_arg("model_fn", model_fn, example=_MODEL_FN_EXAMPLE)
+    checks.require_extra_arg("model_fn", model_fn, example=_MODEL_FN_EXAMPLE)
     key, sample_key = jax.random.split(state.key)
     fisher = curvature.fisher_fn(model_fn, params, sample_key, likelihood=likelihood, num_samples=num_samples)
     d = conjugate_gradient(fisher, updates, max_iters=max_cg_iters, tol=cg_tol, damping=damping).x

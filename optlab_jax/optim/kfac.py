@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optlab_jax import curvature
+from optlab_jax import checks, curvature
 from optlab_jax.optim import base
 from optlab_jax.optim.kfac_capture import capture, find_layers, kronecker_factors
 from optlab_jax.optim.registry import register
@@ -78,14 +78,13 @@ def scale_by_kfac(
   approximate Fisher matrix for convolution layers (arXiv:1602.01407); Ba, Grosse & Martens,
   2017, Distributed second-order optimization using Kronecker-factored approximations.
   """
-  base.check_positive("damping", damping)
-  base.check_decay("factor_decay", factor_decay)
-  base.check_positive_int("inverse_every", inverse_every)
+  checks.check_positive("damping", damping)
+  checks.check_decay("factor_decay", factor_decay)
+  checks.check_positive_int("inverse_every", inverse_every)
   if kl_clip is not None:
-    base.check_positive("kl_clip", kl_clip)
-  base.check_learning_rate(learning_rate)
-  if likelihood not in curvature.LIKELIHOODS:
-    raise ValueError(f"likelihood={likelihood!r} is not supported; expected one of {curvature.LIKELIHOODS}")
+    checks.check_positive("kl_clip", kl_clip)
+  checks.check_learning_rate(learning_rate)
+  curvature.check_likelihood(likelihood)
 
   def init_fn(params):
     leaves = jax.tree.leaves(params)
@@ -100,11 +99,11 @@ def scale_by_kfac(
     key = state.key
     directions = jax.tree.leaves(updates)
     if layers:
-      base.require_extra_arg("model_fn", model_fn, example="model_fn=lambda p: nnx.merge(graphdef, p, rest)(x)")
+      checks.require_extra_arg("model_fn", model_fn, example="model_fn=lambda p: nnx.merge(graphdef, p, rest)(x)")
       if params is None:
         raise ValueError("K-FAC needs the params in update(): call tx.update(grads, state, params, model_fn=...)")
       if empirical:
-        base.require_extra_arg("output_loss_fn", output_loss_fn, example="output_loss_fn=lambda out: loss(out, y)")
+        checks.require_extra_arg("output_loss_fn", output_loss_fn, example="output_loss_fn=lambda out: loss(out, y)")
         output_grad_fn = jax.grad(output_loss_fn)
       else:
         key, sample_key = jax.random.split(key)
@@ -205,7 +204,7 @@ def kfac(
   Weight decay is added after the preconditioning; damping 1e-3 and kl_clip 1e-3 follow
   kfac-pytorch's defaults.
   """
-  base.check_decay("momentum", momentum)
+  checks.check_decay("momentum", momentum)
   return base.alias(
       scale_by_kfac(damping, factor_decay, inverse_every, kl_clip, learning_rate, likelihood, empirical, seed),
       base.maybe_weight_decay(weight_decay),

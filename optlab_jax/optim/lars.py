@@ -6,6 +6,7 @@ from typing import Any
 
 import optax
 
+from optlab_jax import checks
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 from optlab_jax.optim.sgd import scale_by_sgd
@@ -30,8 +31,8 @@ def scale_by_lars(
   References: You, Gitman & Ginsburg, 2017, Large batch training of convolutional
   networks (arXiv:1708.03888).
   """
-  base.check_nonnegative("trust_coefficient", trust_coefficient)
-  base.check_nonnegative("eps", eps)
+  checks.check_nonnegative("trust_coefficient", trust_coefficient)
+  checks.check_nonnegative("eps", eps)
   return optax.chain(
       optax.masked(
           optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps), trust_ratio_mask

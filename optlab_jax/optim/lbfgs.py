@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optlab_jax import checks
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 
@@ -69,8 +70,8 @@ def lbfgs(
   References: Nocedal, 1980, Updating quasi-Newton matrices with limited storage; Liu &
   Nocedal, 1989, On the limited memory BFGS method for large scale optimization.
   """
-  base.check_learning_rate(learning_rate)
-  base.check_positive_int("memory_size", memory_size)
+  checks.check_learning_rate(learning_rate)
+  checks.check_positive_int("memory_size", memory_size)
   return base.integer_leaves_untouched(optax.chain(
       _memory_in_params_dtype(optax.scale_by_lbfgs(memory_size, scale_init_precond)),
       optax.scale_by_learning_rate(learning_rate),

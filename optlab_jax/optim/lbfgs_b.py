@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optlab_jax import checks
 from optlab_jax.optim import base
 from optlab_jax.optim.conjugate_gradient import axpy
 from optlab_jax.optim.registry import register
@@ -134,7 +135,7 @@ def scale_by_lbfgs_b(lower: Bound = None, upper: Bound = None, memory_size: int 
   problems with simple constraints; Nocedal, 1980, Updating quasi-Newton matrices with
   limited storage.
   """
-  base.check_positive_int("memory_size", memory_size)
+  checks.check_positive_int("memory_size", memory_size)
 
   def init_fn(params):
     stack = jax.tree.map(lambda x: jnp.zeros((memory_size, *x.shape), x.dtype), params)
@@ -189,15 +190,15 @@ def scale_by_projected_backtracking(
   References: Bertsekas, 1976, On the Goldstein-Levitin-Polyak gradient projection method;
   Nocedal & Wright, Numerical Optimization, 2nd ed., §16.7.
   """
-  base.check_positive_int("max_backtracking_steps", max_backtracking_steps)
-  base.check_in_range("slope_rtol", slope_rtol, 0.0, 1.0, upper_open=True)
-  base.check_in_range("decrease_factor", decrease_factor, 0.0, 1.0, lower_open=True, upper_open=True)
+  checks.check_positive_int("max_backtracking_steps", max_backtracking_steps)
+  checks.check_in_range("slope_rtol", slope_rtol, 0.0, 1.0, upper_open=True)
+  checks.check_in_range("decrease_factor", decrease_factor, 0.0, 1.0, lower_open=True, upper_open=True)
 
   def update_fn(updates, state, params=None, *, value=None, grad=None, value_fn=None, **extra_args):
     del extra_args
-    base.require_extra_arg("value", value, example="value=loss, grad=grads, value_fn=lambda p: loss(p, batch)")
-    base.require_extra_arg("grad", grad, example="value=loss, grad=grads")
-    base.require_extra_arg("value_fn", value_fn, example="value_fn=lambda p: loss(p, batch)")
+    checks.require_extra_arg("value", value, example="value=loss, grad=grads, value_fn=lambda p: loss(p, batch)")
+    checks.require_extra_arg("grad", grad, example="value=loss, grad=grads")
+    checks.require_extra_arg("value_fn", value_fn, example="value_fn=lambda p: loss(p, batch)")
     lo, hi = _as_tree(lower, params, -jnp.inf), _as_tree(upper, params, jnp.inf)
     dtype = jnp.result_type(value)
     step_at = lambda t: _step_into_box(params, _project(axpy(t, updates, params), lo, hi), lo, hi)
@@ -235,7 +236,7 @@ def lbfgs_b(
   Takes `value=`, `grad=` and `value_fn=` in `update`, as `optax.lbfgs`; lr = 1 is the
   natural setting. Integer leaves of params are left untouched.
   """
-  base.check_learning_rate(learning_rate)
+  checks.check_learning_rate(learning_rate)
   return base.integer_leaves_untouched(optax.chain(
       scale_by_lbfgs_b(lower, upper, memory_size),
       optax.scale_by_learning_rate(learning_rate),

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optlab_jax import checks
 from optlab_jax.optim import base
 from optlab_jax.optim.adam import scale_by_adam
 from optlab_jax.optim.registry import register
@@ -25,10 +26,6 @@ class LookaheadState(NamedTuple):
   count: jax.Array             # int32 scalar: inner (fast) steps taken so far.
   slow: optax.Params           # slow weights φ, moved every `sync_period` steps; tree of params.
   inner_state: optax.OptState  # state of the wrapped (fast) optimizer.
-
-
-def _is_float(x: Any) -> bool:
-  return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
 def with_lookahead(
@@ -56,8 +53,8 @@ def with_lookahead(
   References: Zhang et al., 2019, Lookahead optimizer: k steps forward, 1 step back
   (arXiv:1907.08610).
   """
-  base.check_positive_int("sync_period", sync_period)
-  base.check_in_range("slow_step_size", slow_step_size, 0.0, 1.0, lower_open=True)
+  checks.check_positive_int("sync_period", sync_period)
+  checks.check_in_range("slow_step_size", slow_step_size, 0.0, 1.0, lower_open=True)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
@@ -71,13 +68,13 @@ def with_lookahead(
     sync = count % sync_period == 0
 
     def new_slow(u, p, s):
-      if not _is_float(p):
+      if not checks.is_float(p):
         return s
       alpha = jnp.asarray(slow_step_size, s.dtype)
       return jnp.where(sync, s + alpha * (p + u - s), s)
 
     def new_update(u, p, s_new):
-      return jnp.where(sync, s_new - p, u) if _is_float(p) else u
+      return jnp.where(sync, s_new - p, u) if checks.is_float(p) else u
 
     slow = jax.tree.map(new_slow, updates, params, state.slow)
     updates = jax.tree.map(new_update, updates, params, slow)

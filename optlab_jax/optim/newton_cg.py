@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optlab_jax import curvature
+from optlab_jax import checks, curvature
 from optlab_jax.optim import base
 from optlab_jax.optim.conjugate_gradient import conjugate_gradient
 from optlab_jax.optim.registry import register
@@ -34,9 +34,9 @@ class ScaleByNewtonCGState(NamedTuple):
 
 def check_damped_solver(damping: Any, max_cg_iters: Any, cg_tol: Any) -> None:
   """`ValueError` unless damping > 0, max_cg_iters is an integer ≥ 1 and cg_tol ∈ [0, 1]."""
-  base.check_positive("damping", damping)
-  base.check_positive_int("max_cg_iters", max_cg_iters)
-  base.check_in_range("cg_tol", cg_tol, 0.0, 1.0)
+  checks.check_positive("damping", damping)
+  checks.check_positive_int("max_cg_iters", max_cg_iters)
+  checks.check_in_range("cg_tol", cg_tol, 0.0, 1.0)
 
 
 def levenberg_marquardt_step(
@@ -107,7 +107,7 @@ def scale_by_newton_cg(
 
   def update_fn(updates, state, params=None, *, obj_fn=None, **extra_args):
     del updates, extra_args
-    base.require_extra_arg("obj_fn", obj_fn, example="obj_fn=lambda p: loss(p, batch)")
+    checks.require_extra_arg("obj_fn", obj_fn, example="obj_fn=lambda p: loss(p, batch)")
     grad, hess = curvature.hvp_fn(obj_fn, params, return_grad=True)
     d, mu = levenberg_marquardt_step(obj_fn, params, grad, hess, state.damping,
                                      max_cg_iters=max_cg_iters, cg_tol=cg_tol)

@@ -6,6 +6,7 @@ from typing import Any
 
 import optax
 
+from optlab_jax import checks
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 
@@ -30,11 +31,11 @@ def scale_by_novograd(
   References: Ginsburg et al., 2019, Stochastic gradient methods with layer-wise adaptive
   moments for training of deep networks (arXiv:1905.11286).
   """
-  base.check_decay("b1", b1)
-  base.check_decay("b2", b2)
-  base.check_nonnegative("eps", eps)
-  base.check_nonnegative("eps_root", eps_root)
-  base.check_nonnegative("weight_decay", weight_decay)
+  checks.check_decay("b1", b1)
+  checks.check_decay("b2", b2)
+  checks.check_nonnegative("eps", eps)
+  checks.check_nonnegative("eps_root", eps_root)
+  checks.check_nonnegative("weight_decay", weight_decay)
   return optax.scale_by_novograd(b1, b2, eps, eps_root, weight_decay, mu_dtype)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optax
 
+from optlab_jax import checks
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 
@@ -31,11 +32,11 @@ def scale_by_radam(
   References: Liu et al., 2020, On the variance of the adaptive learning rate and beyond
   (ICLR, arXiv:1908.03265).
   """
-  base.check_decay("b1", b1)
-  base.check_decay("b2", b2)
-  base.check_nonnegative("eps", eps)
-  base.check_nonnegative("eps_root", eps_root)
-  base.check_nonnegative("threshold", threshold)
+  checks.check_decay("b1", b1)
+  checks.check_decay("b2", b2)
+  checks.check_nonnegative("eps", eps)
+  checks.check_nonnegative("eps_root", eps_root)
+  checks.check_nonnegative("threshold", threshold)
   return optax.scale_by_radam(b1, b2, eps, eps_root, threshold, nesterov=nesterov)
 
 

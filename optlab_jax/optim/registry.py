@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
-
+from optlab_jax.checks import did_you_mean
 from optlab_jax.optim.base import Factory
 
 _REGISTRY: dict[str, Factory] = {}
@@ -26,9 +25,7 @@ def get(name: str) -> Factory:
   try:
     return _REGISTRY[name]
   except KeyError:
-    close = difflib.get_close_matches(name, _REGISTRY, n=3)
-    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-    raise ValueError(f"unknown optimizer {name!r}{hint} (known: {', '.join(names())})") from None
+    raise ValueError(f"unknown optimizer {name!r}{did_you_mean(name, names())} (known: {', '.join(names())})") from None
 
 
 def names() -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optax
 
+from optlab_jax import checks
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 from optlab_jax.optim.sgd import scale_by_sgd
@@ -34,9 +35,9 @@ def scale_by_rmsprop(
   (Coursera); Graves, 2013, Generating sequences with recurrent neural networks
   (arXiv:1308.0850), for the centered variant.
   """
-  base.check_decay("decay", decay)
-  base.check_nonnegative("eps", eps)
-  base.check_nonnegative("initial_scale", initial_scale)
+  checks.check_decay("decay", decay)
+  checks.check_nonnegative("eps", eps)
+  checks.check_nonnegative("initial_scale", initial_scale)
   rms = optax.scale_by_stddev if centered else optax.scale_by_rms
   return optax.chain(
       rms(decay, eps, initial_scale, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction),

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import optax
 
 from optlab_jax.optim import registry
-from optlab_jax.optim.base import check_nonnegative, integer_leaves_untouched
-from optlab_jax.optim.base import require_extra_arg
+from optlab_jax.checks import check_nonnegative
+from optlab_jax.optim.base import integer_leaves_untouched
+from optlab_jax.checks import require_extra_arg
 from optlab_jax.optim.registry import register
 
 __all__ = ["scale_by_sam", "sam", "asam"]

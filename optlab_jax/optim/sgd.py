@@ -6,6 +6,7 @@ from typing import Any
 
 import optax
 
+from optlab_jax import checks
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 
@@ -30,7 +31,7 @@ def scale_by_sgd(
     if nesterov:
       raise ValueError("nesterov=True needs a momentum; expected momentum in [0, 1)")
     return optax.identity()
-  base.check_decay("momentum", momentum)
+  checks.check_decay("momentum", momentum)
   return optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
 
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optlab_jax import curvature
+from optlab_jax import checks, curvature
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 
@@ -73,16 +73,14 @@ def scale_by_sophia(
   References: Liu et al., 2023, Sophia: A scalable stochastic second-order optimizer for
   language model pre-training (arXiv:2305.14342).
   """
-  base.check_decay("b1", b1)
-  base.check_decay("b2", b2)
-  base.check_nonnegative("eps", eps)
-  base.check_positive("gamma", gamma)
-  base.check_positive("clip_threshold", clip_threshold)
-  base.check_positive_int("update_interval", update_interval)
-  if estimator not in ESTIMATORS:
-    raise ValueError(f"estimator={estimator!r} is not supported; expected one of {ESTIMATORS}")
-  if likelihood not in curvature.LIKELIHOODS:
-    raise ValueError(f"likelihood={likelihood!r} is not supported; expected one of {curvature.LIKELIHOODS}")
+  checks.check_decay("b1", b1)
+  checks.check_decay("b2", b2)
+  checks.check_nonnegative("eps", eps)
+  checks.check_positive("gamma", gamma)
+  checks.check_positive("clip_threshold", clip_threshold)
+  checks.check_positive_int("update_interval", update_interval)
+  checks.check_choice("estimator", estimator, ESTIMATORS)
+  curvature.check_likelihood(likelihood)
 
   def init_fn(params):
     return ScaleBySophiaState(
@@ -95,9 +93,9 @@ def scale_by_sophia(
   def update_fn(updates, state, params=None, *, obj_fn=None, model_fn=None, **extra_args):
     del extra_args
     if estimator == "hutchinson":
-      base.require_extra_arg("obj_fn", obj_fn, example="obj_fn=lambda p: loss_fn(p, batch)")
+      checks.require_extra_arg("obj_fn", obj_fn, example="obj_fn=lambda p: loss_fn(p, batch)")
     else:
-      base.require_extra_arg("model_fn", model_fn, example="model_fn=lambda p: model.apply(p, batch_x)")
+      checks.require_extra_arg("model_fn", model_fn, example="model_fn=lambda p: model.apply(p, batch_x)")
     if params is None:
       raise ValueError("scale_by_sophia needs params: call tx.update(grads, state, params, obj_fn=...)")
 

@@ -6,10 +6,10 @@ signature (annotations and defaults) is the problem's set of options; `names()` 
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any, Callable
 
+from optlab_jax.checks import did_you_mean
 from optlab_jax.problems import digits, teacher_student, test_functions
 from optlab_jax.problems.base import Problem
 
@@ -24,11 +24,6 @@ _FACTORIES: dict[str, Callable[..., Problem]] = {
 }
 
 
-def _did_you_mean(name: str, known: list[str]) -> str:
-  close = difflib.get_close_matches(name, known, n=1)
-  return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def names() -> list[str]:
   """Sorted names of every problem."""
   return sorted(_FACTORIES)
@@ -37,7 +32,7 @@ def names() -> list[str]:
 def get(name: str) -> Callable[..., Problem]:
   """The factory of problem `name`; a `ValueError` names the closest known problem."""
   if name not in _FACTORIES:
-    raise ValueError(f"unknown problem {name!r}{_did_you_mean(name, names())} (known: {', '.join(names())})")
+    raise ValueError(f"unknown problem {name!r}{did_you_mean(name, names())} (known: {', '.join(names())})")
   return _FACTORIES[name]
 
 
@@ -49,6 +44,6 @@ def build(name: str, **options: Any) -> Problem:
     if option not in known:
       raise ValueError(
           f"{option}={options[option]!r} is not an option of problem {name!r}"
-          f"{_did_you_mean(option, known)} (options: {', '.join(known)})"
+          f"{did_you_mean(option, known)} (options: {', '.join(known)})"
       )
   return factory(**options)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optlab_jax.optim import base as checks
+from optlab_jax import checks
 
 Params = Any
 Batch = dict[str, Any]

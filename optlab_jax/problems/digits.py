@@ -12,7 +12,7 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
-from optlab_jax.optim import base as checks
+from optlab_jax import checks
 from optlab_jax.problems import models
 from optlab_jax.problems.base import Dtype, Problem, supervised_problem
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optlab_jax.optim import base as checks
+from optlab_jax import checks
 from optlab_jax.problems.base import Dtype, Problem, check_batch_size, sample_rows
 
 __all__ = ["quadratic", "rosenbrock"]
