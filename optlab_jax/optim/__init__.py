@@ -1,19 +1,31 @@
 """Optimizers: one algorithm per module, each an optax `GradientTransformationExtraArgs`.
 
-Every module of this package is imported here, which registers its aliases; the names a
-module lists in `__all__` are re-exported (so `optlab_jax.optim.adam` and `optlab_jax.adam`).
-`get(name)` returns the alias factory registered under `name`; `names()` lists them all.
+`MODULES` lists every algorithm module, imported explicitly (importing one registers its
+aliases); the names each lists in `__all__` are re-exported, so `optlab_jax.optim.adam` and
+`optlab_jax.adam` both work. `get(name)` returns the alias factory registered under `name`;
+`names()` lists them all. A new optimizer is a new module, imported and listed here.
 """
-
-import importlib
-import pkgutil
 
 from optlab_jax.optim.registry import get, names, register
 
-__all__ = ["get", "names", "register"]
+# first order
+from optlab_jax.optim import sgd, adagrad, adadelta, rmsprop, adam, amsgrad, adamw, radam  # noqa: E402
+from optlab_jax.optim import lars, lamb, novograd, lookahead, ranger, lazy_adam  # noqa: E402
+# Hessian-based
+from optlab_jax.optim import adahessian, sophia, sam, conjugate_gradient, newton_cg  # noqa: E402
+# curvature matrices
+from optlab_jax.optim import gauss_newton, kfac_capture, kfac  # noqa: E402
+# quasi-Newton
+from optlab_jax.optim import lbfgs, lbfgs_b  # noqa: E402
 
-for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-  _mod = importlib.import_module(f"{__name__}.{_module}")
-  for _name in getattr(_mod, "__all__", ()):
-    globals()[_name] = getattr(_mod, _name)
+MODULES = (
+    sgd, adagrad, adadelta, rmsprop, adam, amsgrad, adamw, radam, lars, lamb, novograd,
+    lookahead, ranger, lazy_adam, adahessian, sophia, sam, conjugate_gradient, newton_cg,
+    gauss_newton, kfac_capture, kfac, lbfgs, lbfgs_b,
+)
+
+__all__ = ["MODULES", "get", "names", "register"]
+for _module in MODULES:
+  for _name in _module.__all__:
+    globals()[_name] = getattr(_module, _name)
     __all__.append(_name)

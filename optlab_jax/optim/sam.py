@@ -26,8 +26,9 @@ def scale_by_sam(
     SAM:   ε = ρ g / ‖g‖₂
     ASAM:  ε = ρ T² g / ‖T g‖₂,   T = diag(|w| + η)          (`adaptive=True`)
     d = ∇f(w + ε),   f = `obj_fn`
-  ρ ∈ [0, 1] (ASAM's radius is relative to |w|); ε = 0 when g = 0. Only g's direction matters, so a gradient clipping placed before this
-  transform has no effect; clip after it. Chain any optax optimizer after it, e.g.
+  ρ ≥ 0 is the radius of the ball (ASAM's is relative to |w|); ε = 0 when g = 0. Only g's
+  direction matters, so a gradient clipping placed before this transform has no effect; clip
+  after it. Chain any optax optimizer after it, e.g.
   `optax.chain(scale_by_sam(0.05), optax.adamw(1e-3))`. T scales every leaf (Kwon et al.'s
   code leaves biases unscaled, T = 1). Costs one gradient of `obj_fn` beyond the caller's.
 

@@ -44,9 +44,10 @@ def sgd(
     weight_decay: float = 0.0,
     weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """SGD: p ← p − lr · (d_t + wd · p), with d_t from `scale_by_sgd`.
+  """SGD: p ← p − lr · d_t, with d_t from `scale_by_sgd` applied to g_t + wd · p.
 
-  Weight decay is coupled (added to the gradient before momentum), as in classic SGD.
+  Weight decay is coupled (added to the gradient before momentum, so the momentum trace
+  carries it too), as in classic SGD and `torch.optim.SGD`.
   """
   return base.alias(
       base.maybe_weight_decay(weight_decay, weight_decay_mask),
