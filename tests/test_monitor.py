@@ -6,11 +6,13 @@ import jax
 import numpy as np
 import optax
 import pytest
+import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from optlab_jax import curvature
 from optlab_jax.curvature.loops import apply
-from optlab_jax.monitor import METRICS, Monitor
+from optlab_jax import optim
+from optlab_jax.monitor import METRICS, Monitor, preconditioned_stability_edge, stability_edge
 from tests import curvature_models as M
 
 LR = 0.05
@@ -123,3 +125,64 @@ def test_bad_arguments_raise():
   args, ctx = _setup("mlp", steps=1)
   with pytest.raises(ValueError, match="Adam family"):
     Monitor(["preconditioned_lambda_max"], **args)(ctx["params"], ctx["grads"], ctx["updates"], (), None, 0)
+
+
+def _late_growth(tx, lam, steps=600):
+  """|x_T| / |x_{T/2}| of `tx` on ½·lam·x²: > 1 past the edge, < 1 before it.
+
+  x₀ = 1e-100 keeps an adaptive preconditioner at its floor (√v ≪ eps = 1, so P = 1) through
+  the early bias-corrected transient, so the method runs as its linearisation.
+  """
+  def body(carry, _):
+    x, state = carry
+    u, state = tx.update(lam * x, state, x)
+    return (x + u, state), jnp.abs(x[0])
+  x0 = jnp.full([1], 1e-100)
+  _, path = jax.lax.scan(body, (x0, tx.init(x0)), None, length=steps)
+  return path[-1] / path[steps // 2]
+
+
+@pytest.mark.parametrize("optimizer", [
+    {"name": "sgd", "learning_rate": 0.1},
+    {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9},
+    {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True},
+    {"name": "sgd", "learning_rate": 0.1, "momentum": 0.5, "weight_decay": 0.3},
+])
+def test_stability_edge_is_where_sgd_on_a_quadratic_diverges(optimizer):
+  edge = stability_edge(optimizer)
+  tx = optim.get("sgd")(**{k: v for k, v in optimizer.items() if k != "name"})
+  growth = jax.jit(lambda lam: _late_growth(tx, lam))
+  assert float(growth(0.98 * edge)) < 1e-3 and float(growth(1.02 * edge)) > 1e3
+  assert preconditioned_stability_edge(optimizer) is None
+
+
+@pytest.mark.parametrize("optimizer", [
+    {"name": "adam", "learning_rate": 0.1, "eps": 1.0},
+    {"name": "nadam", "learning_rate": 0.1, "eps": 1.0},
+    {"name": "adagrad", "learning_rate": 0.1, "initial_accumulator_value": 1.0},
+    {"name": "rmsprop", "learning_rate": 0.1, "eps": 1.0, "momentum": 0.8},
+])
+def test_preconditioned_edge_is_where_a_frozen_preconditioner_diverges(optimizer):
+  # P = 1 here (see _late_growth), so λ_max(P⁻¹H) = lam.
+  edge = preconditioned_stability_edge(optimizer)
+  tx = optim.get(optimizer["name"])(**{k: v for k, v in optimizer.items() if k != "name"})
+  growth = jax.jit(lambda lam: _late_growth(tx, lam))
+  assert float(growth(0.98 * edge)) < 1e-3 and float(growth(1.02 * edge)) > 1e3
+  assert stability_edge(optimizer) is None
+
+
+def test_stability_edges_closed_forms_and_none():
+  lr = 0.1
+  assert stability_edge({"name": "sgd", "learning_rate": lr}) == pytest.approx(2 / lr)
+  assert stability_edge({"name": "sgd", "learning_rate": lr, "momentum": 0.9}) == pytest.approx(3.8 / lr)
+  adam = {"name": "adam", "learning_rate": lr, "b1": 0.9}
+  assert preconditioned_stability_edge(adam) == pytest.approx(3.8 / (0.1 * lr))  # Cohen et al. 2022
+  assert preconditioned_stability_edge({"name": "sophia_g", "learning_rate": lr}) == pytest.approx(
+      (2 + 2 * 0.965) / (0.035 * lr))  # b1 from sophia_g's own default
+  schedule = {"name": "constant_schedule", "value": lr}
+  for name in ("sgd", "adam"):
+    assert stability_edge({"name": name, "learning_rate": schedule}) is None
+    assert preconditioned_stability_edge({"name": name, "learning_rate": schedule}) is None
+  for name in ("lamb", "novograd", "lars", "radam", "newton_cg"):
+    assert stability_edge({"name": name, "learning_rate": lr}) is None
+    assert preconditioned_stability_edge({"name": name, "learning_rate": lr}) is None
