@@ -42,9 +42,12 @@ def check_in_range(
     *,
     lower_open: bool = False,
     upper_open: bool = False,
+    allow_inf: bool = False,
 ) -> None:
   """Raises `ValueError` naming `name` unless `value` lies in the given interval.
 
+  NaN never passes, and ±inf only with `allow_inf=True` (where infinity means something, such
+  as "no bound"): a YAML `1e400` reads as inf and must not slip through an unbounded range.
   Traced values (``optax.inject_hyperparams`` under ``jit``) pass unchecked: they were
   checked when the transform was first built with concrete values.
   """
@@ -53,9 +56,9 @@ def check_in_range(
     return
   below = x <= lower if lower_open else x < lower
   above = x >= upper if upper_open else x > upper
-  if below or above or math.isnan(x):
-    left = "(" if lower_open else "["
-    right = ")" if upper_open else "]"
+  if below or above or math.isnan(x) or (math.isinf(x) and not allow_inf):
+    left = "(" if lower_open or (lower == -math.inf and not allow_inf) else "["
+    right = ")" if upper_open or (upper == math.inf and not allow_inf) else "]"
     raise ValueError(f"{name}={value!r} is out of range; expected {name} in {left}{lower}, {upper}{right}")
 
 
@@ -77,7 +80,7 @@ def check_decay(name: str, value: Any) -> None:
 def check_positive_int(name: str, value: Any) -> None:
   """`ValueError` unless value is an integer >= 1 (periods, intervals, sizes)."""
   x = _concrete(value)
-  if x is not None and (x < 1 or x != int(x)):
+  if x is not None and (math.isnan(x) or math.isinf(x) or x < 1 or x != int(x)):
     raise ValueError(f"{name}={value!r} is out of range; expected an integer {name} >= 1")
 
 
