@@ -12,7 +12,8 @@ Every file is written to a temporary file in the same directory, then `os.replac
 name, so a reader (or a run killed with SIGKILL) only ever sees a whole old or a whole new file.
 A run is recorded by rewriting runs.jsonl whole with the new line added (sweeps hold hundreds of
 runs at most, so the rewrite is cheap), after its .npz is in place: a run is finished iff its line
-and its .npz both exist. Non-finite numbers are written as null in JSON and nan/inf in the CSV.
+and its .npz both exist. Non-finite numbers anywhere in a record (a diverged loss, an infinite
+hyperparameter) are written as null in JSON, and as nan in the CSV.
 One runner per directory at a time: a new runner deletes the temporary files a killed one left.
 """
 
@@ -62,6 +63,17 @@ def _finite(x: Any) -> float | None:
   return x if math.isfinite(x) else None
 
 
+def _json_safe(value: Any) -> Any:
+  """`value` with every non-finite float (NaN, ±inf; numpy's too) replaced by None, JSON's null."""
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, (float, np.floating)):
+    return _finite(value)
+  return value
+
+
 def _arrays(history: Any) -> dict[str, np.ndarray]:
   """The per-step series of a `train.History`, named as in the .npz."""
   out = {"train_loss": np.asarray(history.loss)}
@@ -108,7 +120,7 @@ class Store:
     np.savez_compressed(buffer, **_arrays(history))
     write_atomic(self.dir / "metrics" / f"{rid}.npz", buffer.getvalue())
     train_loss = np.asarray(history.loss)
-    record = {
+    record = _json_safe({
         "id": rid,
         "point": point_id(cfg),
         "label": label,
@@ -119,7 +131,7 @@ class Store:
         "loop": history.loop,
         "wall_time": float(history.wall_time),
         "compile_time": float(history.compile_time),
-    }
+    })
     self._records.pop(rid, None)
     self._records[rid] = record
     lines = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in self._records.values())
@@ -142,7 +154,7 @@ def summary_csv(records: list[dict[str, Any]]) -> str:
     cfg, final = r["config"], r["final"]
     writer.writerow([
         r["id"], r["point"], r["label"], cfg["problem"]["name"], cfg["optimizer"]["name"], cfg["seed"],
-        r["status"], f"{r['wall_time']:.3f}",
+        r["status"], "nan" if r["wall_time"] is None else f"{r['wall_time']:.3f}",
         *("nan" if final.get(m) is None else repr(final[m]) for m in metrics),
     ])
   return out.getvalue()

@@ -1,19 +1,19 @@
-"""Sweeps: expand the axes, group the runs that can share one compiled program, run and resume.
+"""Sweeps: group the runs that can share one compiled program, run them, resume.
 
-`expand` crosses the grid axes and advances the zip axes together (the runs of a point then
-repeat over `seeds:`). `group` puts together the runs that differ only in their seed or in float
-hyperparameters of the optimizer, which `optax.inject_hyperparams` carries as traced arrays: each
-such group is ONE compiled program vmapped over its runs (`train.fit_vmapped`) when
-`train.should_vmap` says that beats running them one by one, else its runs go through `train.fit`
-in turn. `run` skips the runs whose results are already on disk, so re-running resumes.
+`config.load` expands the sweep axes (`config.expand`: grid axes crossed, zip axes together,
+the runs of a point then repeated over `seeds:`). `group` puts together the runs that differ
+only in their seed or in float hyperparameters of the optimizer, which `optax.inject_hyperparams`
+carries as traced arrays: each such group is ONE compiled program vmapped over its runs
+(`train.fit_vmapped`) when `train.should_vmap` says that beats running them one by one, else its
+runs go through `train.fit` in turn. `run` skips the runs whose results are already on disk, so
+re-running resumes; one progress bar counts the steps of the whole sweep.
 """
 
 from __future__ import annotations
 
 import inspect
-import itertools
 import json
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -21,47 +21,35 @@ from tqdm.auto import tqdm
 from optlab_jax import config, optim, results, train
 
 
-class Axis(NamedTuple):
-  """One sweep axis's value at a point."""
-
-  key: str    # the dotted key as written in `sweep:`, e.g. "optimizer.learning_rate"
-  kind: str   # "grid" or "zip"
-  index: int  # position of `value` in the axis's list
-  value: Any
-
-  @property
-  def path(self) -> tuple[str, ...]:
-    return tuple(self.key.split("."))
+def _value(axis: config.Axis) -> str:
+  """An axis value as a label shows it: a swept section by its name and keys."""
+  if not isinstance(axis.value, dict):
+    return str(axis.value)
+  name = axis.value.get("name", axis.key)
+  rest = ", ".join(f"{'lr' if k == 'learning_rate' else k}={v}" for k, v in axis.value.items() if k != "name")
+  return f"{name}({rest})" if rest else str(name)
 
 
-def expand(grid: dict[str, list], zipped: dict[str, list]) -> list[tuple[Axis, ...]]:
-  """The sweep's points: the product of the grid axes (first axis outermost), each crossed with
-  the zip axes taken together. `config.Invalid` if zip axes differ in length or repeat a key."""
-  lengths = {key: len(values) for key, values in zipped.items()}
-  if len(set(lengths.values())) > 1:
-    raise config.Invalid(("sweep", "zip"), f"zip axes need lists of one length, got {lengths}")
-  for key in zipped:
-    if key in grid:
-      raise config.Invalid(("sweep", "zip", key), "is also a grid axis")
-  grid_axes = [[Axis(k, "grid", i, v) for i, v in enumerate(vs)] for k, vs in grid.items()]
-  size = max(lengths.values(), default=1)
-  zip_points = [tuple(Axis(k, "zip", i, vs[i]) for k, vs in zipped.items()) for i in range(size)]
-  return [tuple(g) + z for g in itertools.product(*grid_axes) for z in zip_points]
+def _part(axis: config.Axis, values: list[str]) -> str:
+  shown = values[0] if len(values) == 1 else "{" + ", ".join(values) + "}"
+  return shown if isinstance(axis.value, dict) else f"{axis.key.rsplit('.', 1)[-1]}={shown}"
 
 
 def label(run: config.Run) -> str:
   """A short name of a run's point: its sweep values (a swept section by its name and keys)."""
   if not run.axes:
     return run.config["optimizer"]["name"]
+  return " ".join(_part(axis, [_value(axis)]) for axis in run.axes)
+
+
+def group_label(runs: list[config.Run]) -> str:
+  """A group's name: each axis's values in the group, e.g. "learning_rate={0.7, 0.85} ×4"."""
+  if not runs[0].axes:
+    return f"{label(runs[0])} ×{len(runs)}"
   parts = []
-  for axis in run.axes:
-    if isinstance(axis.value, dict):
-      name = axis.value.get("name", axis.key)
-      rest = ", ".join(f"{'lr' if k == 'learning_rate' else k}={v}" for k, v in axis.value.items() if k != "name")
-      parts.append(f"{name}({rest})" if rest else str(name))
-    else:
-      parts.append(f"{axis.key.rsplit('.', 1)[-1]}={axis.value}")
-  return " ".join(parts)
+  for i, axis in enumerate(runs[0].axes):
+    parts.append(_part(axis, list(dict.fromkeys(_value(r.axes[i]) for r in runs))))
+  return f"{' '.join(parts)} ×{len(runs)}"
 
 
 def _carried(value: Any) -> bool:
@@ -95,10 +83,19 @@ def _fit_kwargs(cfg: dict) -> dict[str, Any]:
   return dict(steps=t["steps"], batch_size=batch_size, eval_every=t["eval_every"], loop=t["loop"])
 
 
-def _ticker(bar: tqdm):
-  """An `on_progress(steps_done)` callback moving `bar` to where it was plus `steps_done`."""
-  start = bar.n
-  return lambda steps_done: bar.update(start + steps_done - bar.n)
+class _Progress:
+  """One monotone progress bar over a sweep's steps; `at(n)` never moves it back."""
+
+  def __init__(self, bar: tqdm):
+    self.bar = bar
+
+  def at(self, steps: int) -> None:
+    if steps > self.bar.n:
+      self.bar.update(steps - self.bar.n)
+
+  def ticker(self, start: int) -> Callable[[int], None]:
+    """An `on_progress(steps_done)` callback for a fit whose steps begin at `start`."""
+    return lambda steps_done: self.at(start + steps_done)
 
 
 def _factory_of(factory: Any, fixed: dict[str, Any], varying: list[str]) -> Any:
@@ -117,8 +114,12 @@ def _factory_of(factory: Any, fixed: dict[str, Any], varying: list[str]) -> Any:
   return tx_factory
 
 
-def _fit_group(runs: list[config.Run], bar: tqdm) -> Iterator[tuple[config.Run, Any]]:
-  """Fits a group's runs, vmapped as one program or one by one; yields (run, History) as done."""
+def _fit_group(runs: list[config.Run], progress: _Progress, start: int) -> Iterator[tuple[config.Run, Any]]:
+  """Fits a group's runs, vmapped as one program or one by one; yields (run, History) as done.
+
+  `start` is the sweep's step count before the group (the bar's position); `fit_vmapped`
+  reports the steps done summed over its runs, so both paths count the group's steps alike.
+  """
   cfg = runs[0].config
   problem = config.build_problem(cfg["problem"])
   factory = optim.get(cfg["optimizer"]["name"])
@@ -131,28 +132,38 @@ def _fit_group(runs: list[config.Run], bar: tqdm) -> Iterator[tuple[config.Run, 
     tx_factory = _factory_of(factory, {k: v for k, v in kwargs[0].items() if k not in varying}, varying)
     histories = train.fit_vmapped(
         problem, tx_factory, hparams, np.asarray([r.config["seed"] for r in runs]),
-        **fit_kwargs, **_monitor(cfg, problem), on_progress=_ticker(bar),
+        **fit_kwargs, **_monitor(cfg, problem), on_progress=progress.ticker(start),
     )
     yield from zip(runs, histories)
     return
-  for run, kw in zip(runs, kwargs):
+  for i, (run, kw) in enumerate(zip(runs, kwargs)):
     history = train.fit(
-        problem, factory(**kw), seed=run.config["seed"],
-        **fit_kwargs, **_monitor(run.config, problem), on_progress=_ticker(bar),
+        problem, factory(**kw), seed=run.config["seed"], **fit_kwargs, **_monitor(run.config, problem),
+        on_progress=progress.ticker(start + i * fit_kwargs["steps"]),
     )
     yield run, history
 
 
-def run(experiment: config.Experiment, out_dir: str, *, progress: bool = True) -> list[dict]:
-  """Runs every run of `experiment` not yet finished in `out_dir`; returns all their records."""
+def run(
+    experiment: config.Experiment, out_dir: str, *, progress: bool = True, log: Callable[[str], None] | None = None
+) -> list[dict]:
+  """Runs every run of `experiment` not yet finished in `out_dir`; returns all their records.
+
+  `log` (e.g. `print`) is told how many runs a resumed sweep skips.
+  """
   store = results.Store(out_dir)
   pending = [r for r in experiment.runs if results.run_id(r.config) not in store.finished()]
+  skipped, n = len(experiment.runs) - len(pending), len(experiment.runs)
+  if log is not None and skipped:
+    log(f"all {n} runs already done" if not pending else f"{skipped} of {n} runs already done, running {len(pending)}")
   done, total = 0, sum(r.config["train"]["steps"] for r in pending)
   with tqdm(total=total, unit="step", disable=not progress or not pending) as bar:
+    bar_progress = _Progress(bar)
     for runs in group(pending):
-      bar.set_description(f"{label(runs[0])} ×{len(runs)}")
-      for run, history in _fit_group(runs, bar):
+      bar.set_description(group_label(runs))
+      start = done
+      for run, history in _fit_group(runs, bar_progress, start):
         store.add(run.config, label(run), history)
         done += run.config["train"]["steps"]
-        bar.update(done - bar.n)  # a run that stopped early (diverged) still fills its share
+        bar_progress.at(done)  # a run that stopped early (diverged) still fills its share
   return store.records([results.run_id(r.config) for r in experiment.runs])

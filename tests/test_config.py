@@ -70,6 +70,18 @@ def test_tuple_options_accept_yaml_lists(tmp_path):
   assert config.build_problem(run.config["problem"]).init_params is not None
 
 
+def test_expand_crosses_grid_axes_and_zips_zip_axes():
+  points = config.expand({"a": [1, 2], "b": ["x"]}, {"c": [5, 6], "d": [7, 8]})
+  as_tuples = [tuple((p.key, p.kind, p.index, p.value) for p in point) for point in points]
+  assert as_tuples == [
+      (("a", "grid", 0, 1), ("b", "grid", 0, "x"), ("c", "zip", 0, 5), ("d", "zip", 0, 7)),
+      (("a", "grid", 0, 1), ("b", "grid", 0, "x"), ("c", "zip", 1, 6), ("d", "zip", 1, 8)),
+      (("a", "grid", 1, 2), ("b", "grid", 0, "x"), ("c", "zip", 0, 5), ("d", "zip", 0, 7)),
+      (("a", "grid", 1, 2), ("b", "grid", 0, "x"), ("c", "zip", 1, 6), ("d", "zip", 1, 8)),
+  ]
+  assert config.expand({}, {}) == [()]
+
+
 def test_sweep_and_overrides_produce_one_run_per_point_and_seed(tmp_path):
   path = write(tmp_path, BASE + "sweep: {grid: {optimizer.learning_rate: [0.1, 0.2]}, zip: {train.steps: [5, 6], problem.dim: [2, 3]}}\nseeds: [4, 7]\n")
   runs = config.load(path, ["train.eval_every=2", "optimizer.momentum=0.5"]).runs

@@ -111,3 +111,21 @@ def test_table_gives_mean_and_sample_std_over_seeds_per_point(tmp_path):
   assert lines[2].split("  ")[0] == "sgd lr=0.1"
   assert [c.strip() for c in lines[2].split("  ") if c] == ["sgd lr=0.1", "3 ok", f"{mean:.4g} ± {std:.2g}", f"{acc_mean:.4g} ± {acc_std:.2g}"]
   assert lines[3].split() == ["sgd", "lr=9", "1", "diverged", "nan", "0.1"]
+
+
+def test_non_finite_values_anywhere_in_a_record_are_written_as_null(tmp_path):
+  # YAML reads `learning_rate: 1e400` as inf; json.dumps(allow_nan=False) raised on it at write time.
+  cfg = config(lr=float("inf")) | {"train": {"steps": 3, "clip": float("nan"), "list": [1.0, -np.inf]}}
+  h = history([1.0, 2.0, np.inf], {"loss": np.float32(np.nan)}, status="diverged")
+  h.wall_time = float("inf")
+  results.Store(tmp_path).add(cfg, "a", h)
+  text = (tmp_path / "runs.jsonl").read_text()
+  (record,) = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) for line in text.splitlines()]
+  assert record["config"]["optimizer"]["learning_rate"] is None
+  assert record["config"]["train"] == {"steps": 3, "clip": None, "list": [1.0, None]}
+  assert record["final"] == {"train_loss": None, "loss": None} and record["wall_time"] is None
+  assert record["id"] == results.run_id(cfg)  # the id is still that of the config as resolved
+  assert results.Store(tmp_path).finished() == {results.run_id(cfg)}
+  with open(tmp_path / "summary.csv", newline="") as f:
+    (row,) = list(csv.DictReader(f))
+  assert row["wall_time"] == "nan" and row["loss"] == "nan"

@@ -1,4 +1,4 @@
-"""Sweeps: expansion, grouping into shared programs, vmapped = separate runs, divergence, resume."""
+"""Sweeps: labels, grouping into shared programs, vmapped = separate runs, divergence, resume."""
 
 from __future__ import annotations
 
@@ -8,25 +8,10 @@ import numpy as np
 
 from optlab_jax import config, monitor, optim, results, sweep, train
 
-G, Z = "grid", "zip"
-
-
 def load(tmp_path, text, overrides=()):
   path = tmp_path / "sweep.yaml"
   path.write_text(textwrap.dedent(text))
   return config.load(str(path), overrides)
-
-
-def test_expand_crosses_grid_axes_and_zips_zip_axes():
-  points = sweep.expand({"a": [1, 2], "b": ["x"]}, {"c": [5, 6], "d": [7, 8]})
-  as_tuples = [tuple((p.key, p.kind, p.index, p.value) for p in point) for point in points]
-  assert as_tuples == [
-      (("a", G, 0, 1), ("b", G, 0, "x"), ("c", Z, 0, 5), ("d", Z, 0, 7)),
-      (("a", G, 0, 1), ("b", G, 0, "x"), ("c", Z, 1, 6), ("d", Z, 1, 8)),
-      (("a", G, 1, 2), ("b", G, 0, "x"), ("c", Z, 0, 5), ("d", Z, 0, 7)),
-      (("a", G, 1, 2), ("b", G, 0, "x"), ("c", Z, 1, 6), ("d", Z, 1, 8)),
-  ]
-  assert sweep.expand({}, {}) == [()]
 
 
 def test_labels_name_the_swept_values(tmp_path):

@@ -1,0 +1,92 @@
+"""The typed schema of a config file and of one sweep point (pydantic, strict: no coercion)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt
+
+from optlab_jax.config.axes import Axis
+from optlab_jax.curvature.loops import LOOPS
+
+SECTIONS = ("problem", "optimizer", "train", "monitor")
+STRICT = ConfigDict(strict=True, extra="forbid")
+
+
+def _batch_size(value: Any) -> Any:
+  if value == "full" or (type(value) is int and value >= 1):
+    return value
+  raise ValueError(f"expected a positive integer or 'full', got {value!r}")
+
+
+class Train(BaseModel):
+  """How long and on what batches to train."""
+
+  model_config = STRICT
+  steps: PositiveInt
+  batch_size: Annotated[Any, BeforeValidator(_batch_size)] = "full"
+  eval_every: NonNegativeInt = 0  # 0: evaluate at the end only
+  loop: Literal[LOOPS] = "auto"
+
+
+class Monitor(BaseModel):
+  """Which in-training curvature diagnostics to record, every how many steps; other keys are
+  options of `optlab_jax.monitor.Monitor` (lanczos_iters, top_k, trace_samples, seed, loop)."""
+
+  model_config = ConfigDict(strict=True, extra="allow")
+  every: PositiveInt = 50
+  metrics: list[str] = Field(min_length=1)
+
+
+class Sweep(BaseModel):
+  """Axes over dotted keys: grid axes are crossed; zip axes advance together."""
+
+  model_config = STRICT
+  grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+  zip: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+
+
+class File(BaseModel):
+  """A config file: the sections every point starts from, the sweep, and the seeds."""
+
+  model_config = STRICT
+  problem: dict[str, Any] | None = None
+  optimizer: dict[str, Any] | None = None
+  train: dict[str, Any] | None = None
+  monitor: dict[str, Any] | None = None
+  sweep: Sweep = Sweep()
+  seeds: list[int] = Field(default=[0], min_length=1)
+
+
+class Named(BaseModel):
+  """A section that names a registered thing (a problem, an optimizer); other keys are its options."""
+
+  model_config = ConfigDict(strict=True, extra="allow")
+  name: str
+
+
+class Point(BaseModel):
+  """One sweep point's sections, before each is checked against its factory."""
+
+  model_config = STRICT
+  problem: dict[str, Any]
+  optimizer: dict[str, Any]
+  train: dict[str, Any]
+  monitor: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run: its resolved, JSON-able config (sections + seed) and the sweep values behind it."""
+
+  config: dict[str, Any]
+  axes: tuple[Axis, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """A loaded config file: every run of its sweep, in order (seeds innermost)."""
+
+  path: str
+  runs: list[Run]
