@@ -5,14 +5,18 @@ where (k_init, k_data) = split(key(s)) and the params start at `problem.init_par
 so a run's numbers depend neither on the loop, nor on how its steps are chunked, nor on vmapping.
 
 Two loops give the same numbers:
-  "scan"    chunks of steps in one `lax.scan`; the monitor runs inside it under `lax.cond`.
+  "scan"    chunks of steps in one `lax.scan`, whose carry keeps the last step's monitor
+            arguments; the monitor is its own compiled program, called between chunks, so
+            it is never compiled into (nor slowed by) the training program.
   "python"  one jitted step per call from Python (dispatch is asynchronous: the host waits only
             between chunks); on monitor steps the monitor is called on the step's concrete
             arrays, outside any control flow (`monitor.Monitor` compiles itself).
-"auto" takes "python" for convolutional problems on CPU, where XLA runs a convolution inside
-`lax.scan`/`lax.cond` 40–50× slower than plainly jitted (jax-ml/jax#12868), "scan" otherwise.
-Chunks end at eval steps (every `eval_every` steps); between chunks the host reads the losses,
-evaluates, calls `on_progress(steps_done)`, and stops once every run has diverged (NaN/Inf loss).
+"auto" follows `curvature.resolve_loop`, the project's one rule: "python" when the loss
+contains a convolution and runs on CPU, where XLA runs a convolution inside `lax.scan` /
+`lax.cond` 40–50× slower than plainly jitted (jax-ml/jax#12868), "scan" otherwise.
+Chunks end at eval and monitor steps (their period is the gcd of `eval_every` and
+`monitor_every`); between chunks the host reads the losses, runs the monitor, evaluates, calls
+`on_progress(steps_done)`, and stops once every run has diverged (NaN/Inf loss).
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ import numpy as np
 import optax
 
 from optlab_jax import checks
+from optlab_jax.curvature.loops import has_primitive, resolve_loop
 from optlab_jax.problems import Problem
 
-__all__ = ["History", "LOOPS", "TrainState", "choose_loop", "fit", "fit_vmapped", "should_vmap", "step_flops"]
+__all__ = ["History", "TrainState", "choose_loop", "fit", "fit_vmapped", "has_conv", "should_vmap", "step_flops"]
 
-LOOPS = ("auto", "scan", "python")
 # XLA's FLOP estimate for one step of one run up to which vmapping runs on CPU beats running
 # them one by one (see `should_vmap`). experiments/bench_sweep.py on 2 quiet cores, vmap8/seq8:
 # 0.81 at 6 MFLOP, 0.76 at 67, 0.87 at 159, 1.03 at 420; the bound keeps a margin below the cross.
@@ -65,18 +69,27 @@ class History:
   compile_time: float             # seconds of it spent compiling
 
 
+def _abstract_point(problem: Problem, batch_size: int | None = None) -> tuple[Any, Any]:
+  """Shapes and dtypes of (params, batch) of one run, without computing either."""
+  params = jax.eval_shape(problem.init_params, jax.random.key(0))
+  batch = jax.eval_shape(problem.sample_fn, problem.data, jax.random.key(0), batch_size)
+  return params, batch
+
+
+def has_conv(problem: Problem) -> bool:
+  """Whether the problem's loss contains a convolution (read off its jaxpr)."""
+  return has_primitive(problem.loss, "conv_general_dilated", *_abstract_point(problem))
+
+
 def choose_loop(problem: Problem, loop: str = "auto") -> str:
-  """The loop that runs: `loop` itself unless "auto" (see the module docstring)."""
-  if loop not in LOOPS:
-    raise ValueError(f"loop={loop!r} is not one of {', '.join(LOOPS)}")
-  if loop != "auto":
-    return loop
-  return "python" if problem.has_conv and jax.default_backend() == "cpu" else "scan"
+  """The loop that runs: `loop` itself unless "auto" (`curvature.resolve_loop` on the loss)."""
+  return resolve_loop(loop, problem.loss, *_abstract_point(problem))
 
 
-def _chunks(steps: int, eval_every: int) -> list[tuple[int, int]]:
-  """(start, length) per chunk: eval_every steps, else a divisor of steps near steps/20."""
-  size = eval_every or next(d for d in range(math.ceil(steps / 20), steps + 1) if steps % d == 0)
+def _chunks(steps: int, *periods: int) -> list[tuple[int, int]]:
+  """(start, length) per chunk: the gcd of the nonzero periods, else a divisor of steps near steps/20."""
+  size = math.gcd(*periods)
+  size = size or next(d for d in range(math.ceil(steps / 20), steps + 1) if steps % d == 0)
   return [(start, min(size, steps - start)) for start in range(0, steps, size)]
 
 
@@ -135,25 +148,27 @@ def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=
   is_monitor_step = lambda t: monitor is not None and (t + 1) % monitor_every == 0
 
   def scan_chunk(length, state, hp, data, t0):
-    def body(state, t):
-      state, loss, aux = step(state, hp, data, t)
-      if monitor is None:
-        return state, (loss, {})
-      # The predicate is the shared step index, never batched: vmap keeps a real cond.
-      zeros = lambda aux: jax.tree.map(jnp.zeros_like, jax.eval_shape(monitor, *aux, t))
-      return state, (loss, jax.lax.cond(is_monitor_step(t), lambda aux: monitor(*aux, t), zeros, aux))
-    return jax.lax.scan(body, state, t0 + jnp.arange(length, dtype=jnp.int32))
+    """`length` steps from t0; with a monitor, also the last step's monitor arguments."""
+    ts = t0 + jnp.arange(length, dtype=jnp.int32)
+    if monitor is None:
+      return jax.lax.scan(lambda state, t: step(state, hp, data, t)[:2], state, ts)
+    def body(carry, t):
+      state, loss, aux = step(carry[0], hp, data, t)
+      return (state, aux), loss
+    aux = jax.tree.map(jnp.zeros_like, jax.eval_shape(step, state, hp, data, t0)[2])
+    (state, aux), loss = jax.lax.scan(body, (state, aux), ts)
+    return state, loss, aux
 
   tic, compile_seconds, data = time.perf_counter(), run.seconds, problem.data
   state = run("init", init, seeds, hparams, cold=True)
   losses, monitored, evaluated, alive = [], [], [], True
-  for start, length in _chunks(steps, eval_every):
+  for start, length in _chunks(steps, eval_every, monitor_every if monitor is not None else 0):
     ts = np.arange(start, start + length, dtype=np.int32)
     if loop == "scan":
       chunk = lambda *a, length=length: scan_chunk(length, *a)
-      state, (loss, values) = run(f"scan{length}", chunk, state, hparams, data, ts[0])
-      values = jax.device_get(values)
-      monitored += [(t + 1, jax.tree.map(lambda x, i=i: x[i], values)) for i, t in enumerate(ts) if is_monitor_step(t)]
+      state, loss, *aux = run(f"scan{length}", chunk, state, hparams, data, ts[0])
+      if is_monitor_step(ts[-1]):  # aux: the last step's (params, grads, updates, opt_state, batch)
+        monitored.append((int(ts[-1]) + 1, run("monitor", monitor, *aux[0], ts[-1], cold=True)))
     else:
       loss = []
       for t in ts:
@@ -312,6 +327,6 @@ def should_vmap(
     return False
   if jax.default_backend() != "cpu":
     return True
-  if problem.has_conv:
+  if has_conv(problem):
     return False
   return step_flops(problem, optax.sgd(0.1) if tx is None else tx, batch_size) <= VMAP_MAX_FLOPS

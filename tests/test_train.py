@@ -184,19 +184,26 @@ def test_cnn_under_auto_keeps_convolutions_out_of_control_flow(monkeypatch):
     found = _primitives_inside_control_flow(programs[name])
     assert ("conv_general_dilated", False) in found and ("conv_general_dilated", True) not in found
   # the same walk finds the convolutions inside the scan loop's program
-  programs = _traced_programs(monkeypatch, stop_at="scan1")
+  programs = _traced_programs(monkeypatch, stop_at="scan2")
   with pytest.raises(_Traced):
     train.fit(problem, optax.sgd(0.1), loop="scan", **kw)
-  assert ("conv_general_dilated", True) in _primitives_inside_control_flow(programs["scan1"])
+  assert ("conv_general_dilated", True) in _primitives_inside_control_flow(programs["scan2"])
 
 
-def test_vmapped_scan_keeps_the_monitor_under_a_real_cond(monkeypatch):
-  programs = _traced_programs(monkeypatch, stop_at="scan1")
-  with pytest.raises(_Traced):
-    train.fit_vmapped(problems.build("quadratic", dim=3), optax.sgd, {"learning_rate": np.array([0.1, 0.2])},
-                      np.arange(2), steps=4, monitor=lambda p, g, *_: {"g": optax.tree.norm(g)}, monitor_every=2)
-  found = _primitives_inside_control_flow(programs["scan1"])
-  assert ("cond", True) in found  # a batched predicate would have turned it into select_n on both branches
+def test_the_monitor_is_its_own_program_never_inside_the_scan(monkeypatch):
+  # The monitor's cost (a Lanczos loop, say) must not be compiled into every training program:
+  # it is one program of its own, called between chunks that end at the monitor steps.
+  programs = _traced_programs(monkeypatch)
+  erf_monitor = lambda p, g, *_: {"g": jax.scipy.special.erf(optax.tree.norm(g))}  # a marker primitive
+  histories = train.fit_vmapped(
+      problems.build("quadratic", dim=3), optax.sgd, {"learning_rate": np.array([0.1, 0.2])}, np.arange(2),
+      steps=6, eval_every=3, monitor=erf_monitor, monitor_every=2, loop="scan")
+  assert set(programs) == {"init", "scan1", "monitor", "metrics"}  # gcd(3, 2) = 1-step chunks
+  assert ("erf", True) not in _primitives_inside_control_flow(programs["scan1"])
+  assert ("erf", False) in _primitives_inside_control_flow(programs["monitor"])
+  for history in histories:
+    np.testing.assert_array_equal(history.monitor_steps, [2, 4, 6])
+    np.testing.assert_array_equal(history.eval_steps, [3, 6])
 
 
 def test_should_vmap_and_step_flops():
@@ -217,7 +224,7 @@ def test_should_vmap_and_step_flops():
 
 def test_bad_arguments_raise_value_errors():
   problem = problems.build("quadratic", dim=3)
-  with pytest.raises(ValueError, match="loop='fast' is not one of auto, scan, python"):
+  with pytest.raises(ValueError, match=r"loop='fast' is not supported; expected one of \('auto', 'scan', 'python'\)"):
     train.fit(problem, optax.sgd(0.1), steps=2, loop="fast")
   with pytest.raises(ValueError, match="^monitor_every=0 is out of range"):
     train.fit(problem, optax.sgd(0.1), steps=2, monitor=lambda *a: {})

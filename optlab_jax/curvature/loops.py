@@ -52,22 +52,23 @@ def _platforms(tree: Any) -> set[str]:
   return found
 
 
-def resolve_loop(loop: str, matvec: Callable, params: Any) -> str:
-  """Chooses "scan" or "python" for an estimator's loop.
+def resolve_loop(loop: str, fn: Callable, *args: Any) -> str:
+  """Chooses "scan" or "python" for a loop over `fn(*args)`: the one rule of the project.
 
-  "auto" picks "python" only when it can and must: `params` are concrete (not traced), they
-  live on CPU, and the matvec's jaxpr contains a convolution; otherwise "scan". Under a
-  trace only "scan" is possible, so an explicit "python" there raises `ValueError`.
+  "auto" picks "python" only when it can and must: the arguments are not traced, they live
+  on CPU, and `fn(*args)`'s jaxpr contains a convolution; otherwise "scan". The training
+  loop applies it to the loss, the estimators to their matvec. Under a trace only "scan" is
+  possible, so an explicit "python" there raises `ValueError`.
   """
   checks.check_choice("loop", loop, LOOPS)
-  traced = is_traced(params, matvec)
+  traced = is_traced(args, fn)
   if loop == "python" and traced:
     raise ValueError("loop='python' drives a host loop and cannot run under jit/vmap; use loop='scan'")
   if loop != "auto":
     return loop
-  if traced or _platforms(params) != {"cpu"}:
+  if traced or _platforms(args) != {"cpu"}:
     return "scan"
-  return "python" if has_primitive(matvec, _CONV, params) else "scan"
+  return "python" if has_primitive(fn, _CONV, *args) else "scan"
 
 
 def as_partial(fn: Callable) -> Partial:
