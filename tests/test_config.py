@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optlab_jax import config, optim, problems
+from optlab_jax import config, monitor, optim, problems
 
 BASE = """
 problem: {name: quadratic, dim: 4}
@@ -163,3 +163,65 @@ def test_quickstart_compares_four_optimizers_over_three_seeds_with_sharpness():
   assert runs[0].config["optimizer"]["momentum"] == 0.9 and [r.config["seed"] for r in runs[:3]] == [0, 1, 2]
   assert {r.config["problem"]["name"] for r in runs} == {"digits_mlp"}
   assert {(r.config["monitor"]["every"], tuple(r.config["monitor"]["metrics"])) for r in runs} == {(50, ("lambda_max",))}
+
+
+def test_a_config_with_several_mistakes_reports_each_once(tmp_path):
+  text = """
+      problem: {name: quadratic, dims: 4}
+      optimizer: {name: sgd, learning_rate: 0.1, momentum: 1.5, nesterv: true}
+      train: {steps: 0}
+      monitor: {metrics: [lamda_max]}
+      sweep: {grid: {optimizer.learning_rate: [0.1, 0.2, 0.3]}}
+      seeds: [0, 0]
+      """
+  with pytest.raises(config.ConfigError) as e:
+    config.load(write(tmp_path, text), ["train.eval_every=-1"])
+  path = tmp_path / "x.yaml"
+  # Every section's mistakes and the file's own, once each although three sweep points repeat
+  # them; a typo's "missing" twin is not reported.
+  assert sorted(e.value.messages) == sorted(f"{path}: {m}" for m in [
+      "seeds: seeds repeat: [0, 0]",
+      "problem.dims: unknown key; did you mean 'dim'?",
+      "optimizer.nesterv: unknown key; did you mean 'nesterov'?",
+      "train.steps: Input should be greater than 0, got 0",
+      "--set train.eval_every: Input should be greater than or equal to 0, got -1",
+      "monitor.metrics[0]: unknown metric 'lamda_max'; did you mean 'lambda_max'? (known: " + ", ".join(sorted(monitor.METRICS)) + ")",
+  ])
+  assert str(e.value) == "\n".join(e.value.messages)
+
+
+def test_errors_of_sweep_points_are_attributed_to_their_values(tmp_path):
+  text = BASE + "sweep: {grid: {optimizer.momentum: [0.5, 2.0, -1.0]}, zip: {problem.dim: [0]}}\n"
+  with pytest.raises(config.ConfigError) as e:
+    config.load(write(tmp_path, text))
+  path = tmp_path / "x.yaml"
+  assert e.value.messages == [
+      f"{path}: sweep.zip.problem.dim[0]: dim=0 is out of range; expected an integer dim >= 1",
+      f"{path}: sweep.grid.optimizer.momentum[1]: momentum=2.0 is out of range; expected momentum in [0.0, 1.0)",
+      f"{path}: sweep.grid.optimizer.momentum[2]: momentum=-1.0 is out of range; expected momentum in [0.0, 1.0)",
+  ]
+
+
+TEACHER = "problem: {name: teacher_student, input_dim: 3, teacher_hidden: [2], student_hidden: [2], num_train: 8}\ntrain: {steps: 2}\n"
+DIGITS = "problem: {name: digits_mlp, hidden: [4]}\ntrain: {steps: 2}\n"
+
+
+# Each problem's likelihood differs from the factory's default, so only plumbing can give it.
+@pytest.mark.parametrize("name, problem, likelihood", [
+    ("natural_gradient", DIGITS, "categorical"), ("sophia_g", TEACHER, "gaussian"), ("kfac", TEACHER, "gaussian")])
+def test_an_unset_likelihood_is_the_problems(tmp_path, name, problem, likelihood):
+  assert inspect.signature(optim.get(name)).parameters["likelihood"].default != likelihood
+  (run,) = config.load(write(tmp_path, problem + f"optimizer: {{name: {name}, learning_rate: 0.1}}\n")).runs
+  assert config.build_problem(run.config["problem"]).likelihood == likelihood
+  assert run.config["optimizer"]["likelihood"] == likelihood
+  assert config.optimizer_kwargs(run.config["optimizer"])["likelihood"] == likelihood  # what the runner builds
+  path = write(tmp_path, BASE.replace("sgd, learning_rate: 0.1, momentum: 0.9", f"{name}, learning_rate: 0.1"))
+  (run,) = config.load(path).runs  # a problem without a likelihood leaves the factory's default
+  assert run.config["optimizer"]["likelihood"] == inspect.signature(optim.get(name)).parameters["likelihood"].default
+
+
+def test_a_likelihood_contradicting_the_problems_is_an_error(tmp_path):
+  path = write(tmp_path, TEACHER + "optimizer: {name: kfac, learning_rate: 0.1, likelihood: categorical}\n")
+  assert error(path).startswith(f"{path}: optimizer.likelihood: likelihood='categorical' contradicts problem 'teacher_student'")
+  path = write(tmp_path, TEACHER + "optimizer: {name: sophia_g, learning_rate: 0.1, likelihood: gaussian}\n")
+  assert config.load(path).runs[0].config["optimizer"]["likelihood"] == "gaussian"  # agreeing is fine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 import numpy as np
+import pytest
 
 from optlab_jax import config, monitor, optim, results, sweep, train
 
@@ -127,3 +128,61 @@ def test_rerun_skips_finished_runs(tmp_path, monkeypatch):
   sweep.run(experiment, out, progress=False)
   assert calls == {"fit": 1, "fit_vmapped": 0}
   assert len(results.load_records(out)) == 2
+
+
+class FakeBar:
+  """Stands in for tqdm: records the bar's position after every update, and its descriptions."""
+
+  def __init__(self, total, **kwargs):
+    self.total, self.n, self.positions, self.descriptions = total, 0, [], []
+    FakeBar.last = self
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  def update(self, k):
+    self.n += k
+    self.positions.append(self.n)
+
+  def set_description(self, text):
+    self.descriptions.append(text)
+
+
+PROGRESS_CONFIG = """
+problem: {name: quadratic, dim: 2}
+optimizer: {name: sgd, learning_rate: 0.1, momentum: 0.5}
+train: {steps: 20, eval_every: 5}
+sweep: {grid: {optimizer.nesterov: [false, true], optimizer.learning_rate: [0.1, 0.2, 0.3]}}
+seeds: [0, 1]
+"""
+
+
+@pytest.mark.parametrize("vmap, lrs, shown", [(True, "[0.1, 0.2, 0.3]", "{0.1, 0.2, 0.3}"), (False, "[0.1]", "0.1")])
+def test_one_progress_bar_over_the_sweep_never_moves_back(tmp_path, monkeypatch, vmap, lrs, shown):
+  experiment = load(tmp_path, PROGRESS_CONFIG, [f"sweep.grid.optimizer.learning_rate={lrs}"])
+  monkeypatch.setattr(sweep, "tqdm", FakeBar)
+  calls = _spy(monkeypatch, vmap)
+  sweep.run(experiment, str(tmp_path / "out"))
+  runs = len(experiment.runs)
+  assert calls == ({"fit": 0, "fit_vmapped": 2} if vmap else {"fit": runs, "fit_vmapped": 0})
+  bar = FakeBar.last
+  assert bar.total == runs * 20
+  # Vmapped groups report the steps summed over their runs; the bar used to go back at group ends.
+  assert bar.positions == sorted(bar.positions) and bar.positions[-1] == bar.total
+  assert len(bar.positions) >= 2 * 4  # it moved within groups (eval chunks), not only at their ends
+  assert bar.descriptions == [f"nesterov=False learning_rate={shown} ×{runs // 2}",
+                              f"nesterov=True learning_rate={shown} ×{runs // 2}"]
+
+
+def test_group_label_names_each_swept_section_in_the_group(tmp_path):
+  e = load(tmp_path, """
+      problem: {name: quadratic, dim: 2}
+      train: {steps: 2}
+      sweep: {grid: {optimizer: [{name: sgd, learning_rate: 0.1}, {name: sgd, learning_rate: 0.2}]}}
+      """)
+  (runs,) = sweep.group(e.runs)
+  assert sweep.group_label(runs) == "{sgd(lr=0.1), sgd(lr=0.2)} ×2"
+  assert [sweep.label(r) for r in runs] == ["sgd(lr=0.1)", "sgd(lr=0.2)"]
