@@ -20,7 +20,7 @@ import optax
 
 __all__ = [
     "check_choice", "check_decay", "check_in_range", "check_learning_rate", "check_nonnegative",
-    "check_positive", "check_positive_int", "did_you_mean", "is_float", "require_extra_arg",
+    "check_positive", "check_positive_int", "check_seed", "did_you_mean", "is_float", "require_extra_arg",
 ]
 
 
@@ -82,6 +82,13 @@ def check_positive_int(name: str, value: Any) -> None:
   x = _concrete(value)
   if x is not None and (math.isnan(x) or math.isinf(x) or x < 1 or x != int(x)):
     raise ValueError(f"{name}={value!r} is out of range; expected an integer {name} >= 1")
+
+
+def check_seed(name: str, value: Any) -> None:
+  """`ValueError` unless value is an integer in the int32 range (a PRNG seed; traced as int32)."""
+  x = _concrete(value)
+  if x is not None and (math.isnan(x) or math.isinf(x) or x != int(x) or not -2**31 <= x < 2**31):
+    raise ValueError(f"{name}={value!r} is out of range; expected an integer {name} in [-2**31, 2**31)")
 
 
 def check_learning_rate(learning_rate: optax.ScalarOrSchedule) -> None:

@@ -8,6 +8,8 @@ Optimizers differ in their natural step size, so the table is the only special-c
 from __future__ import annotations
 
 import inspect
+import math
+import re
 
 import chex
 import jax
@@ -53,6 +55,8 @@ TUNING: dict[str, dict[str, tuple[float, int, float]]] = {
     # One label draw per output: the Monte-Carlo Fisher is nearly singular in random
     # directions, so the damping (1.0) bounds the step and lr must stay below 2λ/L.
     "natural_gradient": {"quadratic": (0.01, 1000, 1e-4), "rosenbrock": (0.01, 3000, 1e-3)},
+    # Vector leaves make SOAP Adam with its reference β2 = 0.95, whose noise floor at lr 0.05 is above 1e-4.
+    "soap": {"quadratic": (0.02, 1000, 1e-4)},
 }
 # Hyperparameters that set shapes or structure, so they cannot be traced by inject_hyperparams.
 STRUCTURAL: dict[str, set[str]] = {"adahessian": {"block_size"}, "lbfgs": {"memory_size"},
@@ -202,33 +206,84 @@ def test_schedule_learning_rate(name):
   assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree.leaves(u))
 
 
-# Which bad value each kind of hyperparameter gets, by name.
-def _bad_value(key: str, default):
-  if key in ("b1", "b2", "b3", "momentum", "decay", "beta", "factor_decay", "slow_step_size", "decrease_factor") or key.startswith(("beta", "b1", "b2")):
+# The bad value each kind of numeric hyperparameter gets, by name. A numeric hyperparameter
+# whose name matches no rule fails `test_bad_hyperparameters_raise_naming_argument`: add a rule
+# here and a check in the factory.
+_DECAYS = ("b1", "b2", "b3", "beta", "momentum", "decay", "factor_decay", "slow_step_size",
+           "decrease_factor", "cg_tol", "slope_rtol", "hessian_power")
+_NONNEGATIVE = ("eps", "weight_decay", "initial_accumulator", "damping", "rho", "kl_clip", "gamma",
+                "clip_threshold", "trust_coefficient", "eta", "threshold", "initial_scale")
+_COUNTS = ("period", "interval", "every", "size", "iters", "samples", "steps", "dim")
+
+
+# Per-optimizer bad values, for hyperparameters whose name says nothing of their range.
+BAD_VALUES: dict[str, dict[str, object]] = {}
+
+
+def _bad_value(key: str, name: str = ""):
+  if key in BAD_VALUES.get(name, {}):
+    return BAD_VALUES[name][key]
+  if key == "seed":
     return 1.5
-  if key.startswith(("eps", "weight_decay", "initial_accumulator", "damping", "rho", "kl_clip", "cg_tol",
-                     "gamma", "clip_threshold", "trust_coefficient", "hessian_power", "eta", "slope_rtol", "threshold",
-                     "initial_scale")):
+  if key == "exponent":  # a preconditioner's power lies in [-1, 0)
+    return 0.5
+  if key.startswith(_DECAYS):
+    return 1.5
+  if key.startswith(_NONNEGATIVE):
     return -1.0
-  if key.endswith(("period", "interval", "every", "size", "iters", "samples", "steps")):
+  if key.endswith(_COUNTS):
     return 0
   return None
+
+
+# Hyperparameters for which +inf means something, so the inf check skips them.
+INFINITY_MEANS_SOMETHING: dict[str, set[str]] = {}
+
+
+def _is_numeric(parameter: inspect.Parameter) -> bool:
+  """A numeric default (bools excluded), or a None default whose annotation names a number
+  (`momentum: float | None = None`): either way a number the user may pass."""
+  default = parameter.default
+  if isinstance(default, bool):
+    return False
+  if isinstance(default, (int, float)):
+    return True
+  return default is None and bool(re.search(r"\b(float|int)\b", str(parameter.annotation)))
+
+
+def numeric_parameters(name) -> list[str]:
+  """Every numeric hyperparameter of the alias' signature except learning_rate."""
+  params = inspect.signature(optim.get(name)).parameters
+  return [k for k, p in params.items() if k != "learning_rate" and _is_numeric(p)]
+
+
+def test_numeric_parameters_reads_the_signature():
+  assert numeric_parameters("sgd") == ["momentum", "weight_decay"]
+  assert "seed" in numeric_parameters("sophia_h") and "weight_decay_mask" not in numeric_parameters("sophia_h")
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_hyperparameters_raise_naming_argument(name):
   factory = optim.get(name)
-  with pytest.raises(ValueError, match="learning_rate"):
-    factory(-1.0)
-  checked = 0
-  for key, default in numeric_hyperparams(name).items():
-    bad = _bad_value(key, default)
-    if bad is None:
-      continue
-    with pytest.raises(ValueError, match=key):
-      factory(1e-2, **{key: bad})
-    checked += 1
-  assert checked == len([k for k in numeric_hyperparams(name) if _bad_value(k, None) is not None])
+  for bad in (-1.0, math.inf, math.nan):
+    with pytest.raises(ValueError, match="learning_rate"):
+      factory(bad)
+  unruled = [k for k in numeric_parameters(name) if _bad_value(k, name) is None]
+  assert not unruled, f"{name}: no bad-value rule for {unruled}; add one to _bad_value or BAD_VALUES"
+  for key in numeric_parameters(name):
+    with pytest.raises(ValueError, match=f"{key}="):
+      factory(1e-2, **{key: _bad_value(key, name)})
+    if key not in INFINITY_MEANS_SOMETHING.get(name, set()):
+      with pytest.raises(ValueError, match=f"{key}="):
+        factory(1e-2, **{key: math.inf})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_choices_raise_naming_argument(name):
+  params = inspect.signature(optim.get(name)).parameters
+  for key in [k for k, p in params.items() if isinstance(p.default, str)]:
+    with pytest.raises(ValueError, match=f"{key}='no_such_choice'"):
+      optim.get(name)(1e-2, **{key: "no_such_choice"})
 
 
 @pytest.mark.parametrize("name", NAMES)
