@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -26,9 +27,41 @@ def _project_dir(name: str) -> Path:
   return Path(name) if Path(name).is_dir() else _ROOT / name
 
 
-def _first_line(text: str | None) -> str:
-  lines = (text or "").strip().splitlines()
-  return lines[0] if lines else ""
+_ABBREVIATIONS = ("e.g.", "i.e.", "et al.", "cf.", "vs.")
+_SENTENCE_END = re.compile(r"[.?!](?=\s|$)")
+
+
+def _sentence(text: str | None) -> str:
+  """The whole first sentence of `text` (of its first paragraph, lines joined), ending in .?!"""
+  paragraph = " ".join((text or "").strip().split("\n\n")[0].split())
+  for end in _SENTENCE_END.finditer(paragraph):
+    if not paragraph[: end.end()].endswith(_ABBREVIATIONS):
+      return paragraph[: end.end()]
+  return f"{paragraph}." if paragraph else ""
+
+
+def _metric_descriptions() -> dict[str, str]:
+  """Each metric's line of the table in `optlab_jax.monitor`'s docstring (continuations joined)."""
+  table = monitor.__doc__.split("Metrics", 1)[1].split("\n\n")[0].splitlines()[1:]
+  out, names = {}, []
+  for line in table:
+    entry = re.match(r"^  (\S.*?)\s{2,}(\S.*)$", line)
+    if entry:
+      names = entry[1].split(", ")
+      out.update({name: entry[2] for name in names})
+    else:
+      out.update({name: f"{out[name]} {line.strip()}" for name in names})
+  return out
+
+
+def _question(path: Path) -> str:
+  """A config's question: its comment lines before the command line, as one sentence."""
+  lines = []
+  for line in path.read_text().splitlines():
+    if not line.startswith("# ") or line.lstrip("# ").startswith("optlab "):
+      break
+    lines.append(line[2:])
+  return _sentence(" ".join(lines))
 
 
 def _defaults(factory) -> str:
@@ -36,20 +69,20 @@ def _defaults(factory) -> str:
 
 
 def _listing(what: str) -> list[tuple[str, str]]:
-  """(name, one-line description) of each thing of kind `what`."""
+  """(name, description: a whole sentence) of each thing of kind `what`."""
   if what == "optimizers":
-    return [(n, _first_line(optim.get(n).__doc__)) for n in optim.names()]
+    return [(n, _sentence(optim.get(n).__doc__)) for n in optim.names()]
   if what == "problems":
-    return [(n, f"{_first_line(problems.get(n).__doc__)} options: {_defaults(problems.get(n))}") for n in problems.names()]
+    return [(n, f"{_sentence(problems.get(n).__doc__)} Options: {_defaults(problems.get(n))}.") for n in problems.names()]
   if what == "schedules":
-    return [(n, _first_line(f.__doc__)) for n, f in config.schedule_factories().items()]
+    return [(n, _sentence(f.__doc__)) for n, f in config.schedule_factories().items()]
   if what == "metrics":
-    return [(n, "") for n in monitor.METRICS]
+    descriptions = _metric_descriptions()
+    return [(n, _sentence(descriptions[n])) for n in monitor.METRICS]
   if what == "configs":
-    paths = sorted(_project_dir("configs").glob("*.yaml"))
-    return [(str(p), _first_line(p.read_text()).lstrip("# ")) for p in paths]
+    return [(str(p), _question(p)) for p in sorted(_project_dir("configs").glob("*.yaml"))]
   paths = sorted(_project_dir("experiments").glob("*.py"))
-  return [(str(p), _first_line(ast.get_docstring(ast.parse(p.read_text())))) for p in paths]
+  return [(str(p), _sentence(ast.get_docstring(ast.parse(p.read_text())))) for p in paths]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -59,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
     print(e, file=sys.stderr)
     return 2
   out = args.out or str(Path("runs") / Path(args.config).stem)
-  records = sweep.run(experiment, out, progress=not args.quiet)
+  records = sweep.run(experiment, out, progress=not args.quiet, log=print)
   print(results.table(records))
   print(f"\nresults in {out}/ (runs.jsonl, summary.csv, metrics/); figures: optlab plot {out}")
   return 0

@@ -68,6 +68,30 @@ def test_list(capsys):
   assert "lambda_max" in capsys.readouterr().out.split()
 
 
+KINDS = ["optimizers", "problems", "schedules", "metrics", "configs", "experiments"]
+
+
+@pytest.mark.parametrize("what", KINDS)
+def test_every_listed_description_is_a_whole_sentence(capsys, what):
+  assert cli.main(["list", what]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines
+  for line in lines:
+    name, _, text = line.partition("  ")
+    # A cut-off first line ends mid-sentence; a docstring about a parameter names it in backticks.
+    assert text.strip().endswith((".", "?", "!")), line
+    assert "`base`" not in text and "registered optimizer `" not in text, line
+
+
+def test_listing_joins_a_sentence_that_spans_lines(capsys):
+  assert cli.main(["list", "configs"]) == 0
+  rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+  eos = next(text for name, text in rows.items() if name.endswith("edge_of_stability.yaml"))
+  assert eos.strip().endswith("while the loss keeps falling, non-monotonically?")  # its third line
+  assert "Cohen et al., 2021" in eos  # "et al." does not end the sentence
+  assert cli._sentence("A b, e.g. c\nd e. F g.") == "A b, e.g. c d e." and cli._sentence("no end\n\nB.") == "no end."
+
+
 def test_run_prints_the_table_then_resumes_without_training(tmp_path, capsys, monkeypatch):
   path = write(tmp_path)
   monkeypatch.chdir(tmp_path)
@@ -87,7 +111,29 @@ def test_run_prints_the_table_then_resumes_without_training(tmp_path, capsys, mo
   monkeypatch.setattr(train, "fit", no_training)
   monkeypatch.setattr(train, "fit_vmapped", no_training)
   assert cli.main(["run", path, "--quiet"]) == 0
-  assert capsys.readouterr().out == out
+  assert capsys.readouterr().out == "all 6 runs already done\n" + out
+
+
+def test_a_resumed_run_says_what_it_skips(tmp_path, capsys):
+  path, out = write(tmp_path), str(tmp_path / "out")
+  assert cli.main(["run", path, "--out", out, "--quiet", "--set", "seeds=[0, 1]"]) == 0  # 4 of the 6 runs
+  assert not capsys.readouterr().out.startswith(("all", "0 of"))  # a fresh directory skips nothing
+  assert cli.main(["run", path, "--out", out, "--quiet"]) == 0
+  assert capsys.readouterr().out.splitlines()[0] == "4 of 6 runs already done, running 2"
+  assert len(results.load_records(out)) == 6
+
+
+def test_a_config_with_several_mistakes_exits_2_listing_each(tmp_path, capsys):
+  text = TINY.replace("dim: 3", "dim: 0").replace("name: sgd", "name: sgf").replace("steps: 20", "steps: 20, loop: scann")
+  path = write(tmp_path, text)
+  assert cli.main(["run", path, "--out", str(tmp_path / "out"), "--set", "seeds=[1, 1]"]) == 2
+  assert capsys.readouterr().err.splitlines() == [f"{path}: {m}" for m in [
+      "--set seeds: seeds repeat: [1, 1]",
+      "problem.dim: dim=0 is out of range; expected an integer dim >= 1",
+      "optimizer.name: unknown optimizer 'sgf'; did you mean 'sgd'? (known: " + ", ".join(optim.names()) + ")",
+      "train.loop: Input should be 'auto', 'scan' or 'python', got 'scann'",
+  ]]
+  assert not (tmp_path / "out").exists()
 
 
 def test_plot(tmp_path, capsys):

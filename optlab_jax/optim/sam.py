@@ -8,10 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optlab_jax.checks import check_choice, check_nonnegative, require_extra_arg
 from optlab_jax.optim import registry
-from optlab_jax.checks import check_nonnegative
-from optlab_jax.optim.base import integer_leaves_untouched
-from optlab_jax.checks import require_extra_arg
+from optlab_jax.optim.base import check_real, integer_leaves_untouched
 from optlab_jax.optim.registry import register
 
 __all__ = ["scale_by_sam", "sam", "asam"]
@@ -26,9 +25,12 @@ def scale_by_sam(
     SAM:   ε = ρ g / ‖g‖₂
     ASAM:  ε = ρ T² g / ‖T g‖₂,   T = diag(|w| + η)          (`adaptive=True`)
     d = ∇f(w + ε),   f = `obj_fn`
-  ρ ≥ 0 is the radius of the ball (ASAM's is relative to |w|); ε = 0 when g = 0. Only g's
-  direction matters, so a gradient clipping placed before this transform has no effect; clip
-  after it. Chain any optax optimizer after it, e.g.
+  ρ ≥ 0 is the radius of the ball (ASAM's is relative to |w|); ε = 0 when g = 0. The
+  incoming updates only set ε's direction; the gradient returned is re-evaluated by `obj_fn`
+  at w + ε. So a global-norm clipping placed before this transform has no effect (clip after
+  it), and under `optax.MultiSteps` ε follows the mean micro-batch gradient while d is the
+  last micro-batch's gradient at w + ε. Neither can be detected from inside the transform,
+  so it is documented here, not refused. Chain any optax optimizer after it, e.g.
   `optax.chain(scale_by_sam(0.05), optax.adamw(1e-3))`. T scales every leaf (Kwon et al.'s
   code leaves biases unscaled, T = 1). Costs one gradient of `obj_fn` beyond the caller's.
 
@@ -38,6 +40,10 @@ def scale_by_sam(
   """
   check_nonnegative("rho", rho)
   check_nonnegative("eta", eta)
+
+  def init_fn(params):
+    check_real("asam" if adaptive else "sam", params)
+    return optax.EmptyState()
 
   def update_fn(updates, state, params=None, *, obj_fn=None, **extra_args):
     del extra_args
@@ -55,10 +61,11 @@ def scale_by_sam(
     perturbed = jax.tree.map(lambda w, d: (w + step * d).astype(w.dtype), params, direction)
     return jax.grad(obj_fn)(perturbed), state
 
-  return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _on_base(direction, learning_rate, base, base_kwargs):
+  check_choice("base", base, [n for n in registry.names() if n not in ("sam", "asam")])
   base_tx = registry.get(base)(learning_rate, **(base_kwargs or {}))
   return integer_leaves_untouched(optax.chain(direction, base_tx))
 
@@ -70,8 +77,10 @@ def sam(
     base: str = "sgd",
     base_kwargs: dict[str, Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """SAM: the registered optimizer `base` (built as `get(base)(learning_rate, **base_kwargs)`)
-  stepping along the direction of `scale_by_sam`; weight decay and momentum belong to the base.
+  """SAM: any registered optimizer, stepping along the gradient at the worst point of a ρ-ball.
+
+  The base optimizer is `get(base)(learning_rate, **base_kwargs)` and steps along the direction
+  of `scale_by_sam`; weight decay and momentum belong to the base.
 
   The base's own hyperparameters are fixed here; to sweep them, chain `scale_by_sam` before
   `optax.inject_hyperparams(get(base))(...)`.
