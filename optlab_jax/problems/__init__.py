@@ -10,7 +10,7 @@ import inspect
 from typing import Any, Callable
 
 from optlab_jax.checks import did_you_mean
-from optlab_jax.problems import digits, teacher_student, test_functions
+from optlab_jax.problems import char_transformer, digits, mnist1d, teacher_student, test_functions
 from optlab_jax.problems.base import Problem
 
 __all__ = ["Problem", "build", "get", "names"]
@@ -21,6 +21,9 @@ _FACTORIES: dict[str, Callable[..., Problem]] = {
     "digits_mlp": digits.digits_mlp,
     "digits_cnn": digits.digits_cnn,
     "teacher_student": teacher_student.teacher_student,
+    "char_transformer": char_transformer.char_transformer,
+    "mnist1d_mlp": mnist1d.mnist1d_mlp,
+    "mnist1d_cnn": mnist1d.mnist1d_cnn,
 }
 
 

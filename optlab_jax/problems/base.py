@@ -40,6 +40,7 @@ class Problem:
   likelihood: Likelihood = None                       # the output loss as a negative log-likelihood
   has_conv: bool = False                              # convolutions are slow inside control flow on XLA CPU
   minimum: float | None = None                        # the optimal loss, where it is known
+  info: dict = dataclasses.field(default_factory=dict)  # known facts (critical points, exact solutions)
 
   def loss(self, params: Params, batch: Batch) -> jax.Array:
     """The mean loss on `batch`: output_loss_fn(model_fn(params, batch["x"]), batch)."""

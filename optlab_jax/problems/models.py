@@ -1,8 +1,8 @@
-"""Flax NNX models, used as pure functions: params are a plain dict of arrays.
+"""Flax NNX models (MLP, 2-D and 1-D CNNs, a causal Transformer), used as pure functions.
 
-`functional(make)` splits a module into its static graph (built once, abstractly) and its
-parameters (`nnx.to_pure_dict(nnx.state(module))`), so optimizers see a pytree of plain arrays and
-the model is applied with `nnx.merge(graphdef, params)(x)` inside jitted code.
+Params are a plain dict of arrays: `functional(make)` splits a module into its static graph
+(built once, abstractly) and its parameters (`nnx.to_pure_dict(nnx.state(module))`), so optimizers
+see a pytree of plain arrays and the model is applied with `nnx.merge(graphdef, params)(x)` inside jitted code.
 """
 
 from __future__ import annotations
@@ -60,6 +60,102 @@ class CNN(nnx.Module):
     x = jax.nn.relu(self.conv1(x))
     x = jax.nn.relu(self.conv2(x))
     return self.head(x.reshape(*x.shape[:-3], -1))
+
+
+class CNN1D(nnx.Module):
+  """1-D convolutions (NWC), each with explicit padding and a ReLU, then a dense head.
+
+  `layers` holds (channels, kernel size, stride, padding) per convolution.
+  """
+
+  def __init__(
+      self,
+      length: int,
+      layers: Sequence[tuple[int, int, int, int]],
+      num_classes: int,
+      *,
+      dtype: Any,
+      rngs: nnx.Rngs,
+  ):
+    kw = dict(dtype=dtype, param_dtype=dtype, rngs=rngs)
+    convs, channels = [], 1
+    for out_channels, size, stride, pad in layers:
+      convs.append(nnx.Conv(channels, out_channels, (size,), strides=stride, padding=((pad, pad),), **kw))
+      length, channels = (length + 2 * pad - size) // stride + 1, out_channels
+    self.convs = nnx.List(convs)
+    self.head = nnx.Linear(length * channels, num_classes, **kw)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for conv in self.convs:
+      x = jax.nn.relu(conv(x))
+    return self.head(x.reshape(*x.shape[:-2], -1))
+
+
+def causal_attention(query, key, value, mask, **unused):
+  """Softmax attention [..., T, heads, d] computed in the inputs' dtype (flax's fast path hands
+  it to `jax.nn.dot_product_attention`, whose softmax runs in float32 even for float64 inputs)."""
+  del unused  # dropout and precision arguments of nnx.MultiHeadAttention's attention_fn
+  logits = jnp.einsum("...qhd,...khd->...hqk", query, key) / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+  logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+  return jnp.einsum("...hqk,...khd->...qhd", jax.nn.softmax(logits, axis=-1), value)
+
+
+class Block(nnx.Module):
+  """Pre-LayerNorm Transformer block: x + attn(LN(x)) (causal), then x + MLP(LN(x)) with GELU."""
+
+  def __init__(self, width: int, num_heads: int, mlp_width: int, *, dtype: Any, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=dtype, rngs=rngs)
+    init = nnx.initializers.normal(0.02)
+    self.ln1, self.ln2 = nnx.LayerNorm(width, **kw), nnx.LayerNorm(width, **kw)
+    self.attn = nnx.MultiHeadAttention(
+        num_heads, width, kernel_init=init, attention_fn=causal_attention, decode=False,
+        deterministic=True, keep_rngs=False, **kw,
+    )
+    self.up = nnx.Linear(width, mlp_width, kernel_init=init, **kw)
+    self.down = nnx.Linear(mlp_width, width, kernel_init=init, **kw)
+
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    x = x + self.attn(self.ln1(x), mask=mask)
+    return x + self.down(jax.nn.gelu(self.up(self.ln2(x))))
+
+
+class Transformer(nnx.Module):
+  """Causal decoder-only language model: token + learned position embeddings, pre-LN blocks,
+  a final LayerNorm and an untied head to next-token logits.
+
+  Weights start as in GPT-2 (normal, std 0.02; zero biases), so the initial logits are small and
+  the loss at initialisation is close to ln(vocab_size).
+
+  References: Vaswani et al., 2017 (arXiv:1706.03762); Radford et al., 2019, GPT-2 (pre-LN).
+  """
+
+  def __init__(
+      self,
+      vocab_size: int,
+      seq_len: int,
+      width: int,
+      num_layers: int,
+      num_heads: int,
+      mlp_width: int,
+      *,
+      dtype: Any,
+      rngs: nnx.Rngs,
+  ):
+    kw = dict(dtype=dtype, param_dtype=dtype, rngs=rngs)
+    init = nnx.initializers.normal(0.02)
+    self.tokens = nnx.Embed(vocab_size, width, embedding_init=init, **kw)
+    self.positions = nnx.Embed(seq_len, width, embedding_init=init, **kw)
+    self.blocks = nnx.List([Block(width, num_heads, mlp_width, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
+    self.ln = nnx.LayerNorm(width, **kw)
+    self.head = nnx.Linear(width, vocab_size, kernel_init=init, **kw)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    """[..., T] int tokens (T <= seq_len) -> [..., T, vocab_size] logits."""
+    x = self.tokens(tokens) + self.positions(jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape))
+    mask = nnx.make_causal_mask(tokens, dtype=jnp.bool_)
+    for block in self.blocks:
+      x = block(x, mask)
+    return self.head(self.ln(x))
 
 
 def functional(make: Callable[[nnx.Rngs], nnx.Module]):
