@@ -1,39 +1,50 @@
-"""Figures of a sweep directory (PNG, matplotlib): one curve per point, mean over seeds with the
-min-max spread over seeds shaded, for the train loss, each eval metric and each monitor metric.
+"""Figures of a sweep directory (PNG, matplotlib): one curve per point, the median over seeds with
+the band between the quartiles shaded lightly (so the bands of several points stay visible), for
+the train loss, each eval metric and each monitor metric.
 
-λ_max plots draw SGD's stability edge (`stability_edge`) dashed in each SGD point's colour.
-Plots use matplotlib's object API (`Figure`, no pyplot), so no GUI backend is touched.
+The λ_max figure draws each optimizer's stability edge (`monitor.stability_edge`: 2/lr for GD,
+(2 + 2β)/lr for heavy-ball momentum) dashed in its point's colour and labelled in the legend, only
+where one applies; `preconditioned_lambda_max` gets `monitor.preconditioned_stability_edge`. An
+edge far above the curves would squash them, so the axis is logarithmic and clipped a decade above
+the data; a clipped edge says so in its label. Plots use matplotlib's object API (`Figure`, no
+pyplot), so no GUI backend is touched.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from optlab_jax import results
+from optlab_jax import monitor, results
 
-_TITLES = {"train_loss": "train loss (per step)", "monitor.eos_ratio": "lr · λ_max / 2"}
+_TITLES = {"train_loss": "train loss (per step)", "monitor.eos_ratio": "λ_max / stability edge"}
+_EDGES: dict[str, Callable[[dict], float | None]] = {
+    "monitor.lambda_max": monitor.stability_edge,
+    "monitor.preconditioned_lambda_max": monitor.preconditioned_stability_edge,
+}
+_BAND_ALPHA = 0.15
+_HEADROOM = 10.0  # the axis ends at most this factor above the data (a decade on a log axis)
 
 
 class Curve(NamedTuple):
-  """One point's curve of a metric: x, mean over seeds, and the min and max over seeds."""
+  """One point's curve of a metric: x, the median over seeds, and the lower and upper quartiles."""
 
   label: str
   steps: np.ndarray
-  mean: np.ndarray
-  low: np.ndarray
-  high: np.ndarray
-  config: dict  # the config of the point's first seed
+  median: np.ndarray
+  low: np.ndarray   # 25th percentile over seeds
+  high: np.ndarray  # 75th percentile over seeds
+  config: dict      # the config of the point's first seed
 
 
 def curves(directory: str | Path) -> dict[str, list[Curve]]:
   """Metric name ("train_loss", "eval.<name>", "monitor.<name>") -> one `Curve` per point.
 
-  Non-finite values (diverged runs) are left out of the mean, min and max; seeds that stopped
+  Non-finite values (diverged runs) are left out of the median and quartiles; seeds that stopped
   early are cut to the shortest.
   """
   points: dict[str, list[dict]] = {}
@@ -43,7 +54,7 @@ def curves(directory: str | Path) -> dict[str, list[Curve]]:
   for runs in points.values():
     arrays = [results.load_metrics(directory, r["id"]) for r in runs]
     for name in arrays[0]:
-      if name.endswith("_step"):
+      if name.endswith("_step") or arrays[0][name].ndim != 1:
         continue
       kind = name.split(".")[0]
       steps = np.arange(1, len(arrays[0][name]) + 1) if name == "train_loss" else arrays[0][f"{kind}_step"]
@@ -52,41 +63,44 @@ def curves(directory: str | Path) -> dict[str, list[Curve]]:
       stack[~np.isfinite(stack)] = np.nan
       with warnings.catch_warnings():  # an all-NaN column (every seed diverged) stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean, low, high = np.nanmean(stack, 0), np.nanmin(stack, 0), np.nanmax(stack, 0)
-      curve = Curve(runs[0]["label"], steps[:n], mean, low, high, runs[0]["config"])
-      out.setdefault(name, []).append(curve)
+        low, median, high = np.nanpercentile(stack, [25, 50, 75], axis=0)
+      out.setdefault(name, []).append(Curve(runs[0]["label"], steps[:n], median, low, high, runs[0]["config"]))
   return out
 
 
-def stability_edge(optimizer: dict) -> float | None:
-  """The sharpness above which SGD at a constant learning rate η is unstable on a quadratic:
-  2/η for gradient descent, (2 + 2β)/η with heavy-ball momentum β, (2 + 2β)/(η(1 + 2β)) with
-  Nesterov's; None for other optimizers and for schedules.
-
-  References: Cohen et al., 2021, Gradient descent on neural networks typically occurs at the
-  edge of stability (arXiv:2103.00065), section 2 and appendix B.
-  """
-  lr, beta = optimizer["learning_rate"], optimizer.get("momentum") or 0.0
-  if optimizer["name"] != "sgd" or not isinstance(lr, float) or lr <= 0:
-    return None
-  return (2 + 2 * beta) / (lr * (1 + 2 * beta) if optimizer.get("nesterov") else lr)
+def _edges(name: str, lines: list[Curve]) -> list[tuple[int, float]]:
+  """(index of the curve, its stability edge) for the curves of `name` that have one."""
+  edge_fn = _EDGES.get(name)
+  found = [(i, edge_fn(c.config["optimizer"])) for i, c in enumerate(lines)] if edge_fn else []
+  return [(i, edge) for i, edge in found if edge is not None and np.isfinite(edge)]
 
 
-def _figure(name: str, lines: list[Curve]) -> Figure:
+def figure(name: str, lines: list[Curve]) -> Figure:
+  """The figure of metric `name`: each point's median and quartile band, and its stability edge."""
   fig = Figure(figsize=(7, 4.5), layout="constrained")
   ax = fig.subplots()
   for i, c in enumerate(lines):
-    color = f"C{i % 10}"
-    ax.plot(c.steps, c.mean, color=color, label=c.label)
-    ax.fill_between(c.steps, c.low, c.high, color=color, alpha=0.2, linewidth=0)
-    edge = stability_edge(c.config["optimizer"])
-    if name == "monitor.lambda_max" and edge is not None:
-      ax.axhline(edge, color=color, linestyle="--", linewidth=1)
-  if name == "monitor.eos_ratio":
-    ax.axhline(1.0, color="k", linestyle="--", linewidth=1)
-  values = np.concatenate([c.high for c in lines])
-  if "loss" in name and np.all(values[np.isfinite(values)] > 0):
+    ax.plot(c.steps, c.median, color=f"C{i % 10}", label=c.label)
+    ax.fill_between(c.steps, c.low, c.high, color=f"C{i % 10}", alpha=_BAND_ALPHA, linewidth=0)
+  data = np.concatenate([np.concatenate([c.low, c.high]) for c in lines])
+  data = data[np.isfinite(data)]
+  positive = data.size > 0 and bool(np.all(data > 0))
+  edges = _edges(name, lines)
+  if edges and data.size:
+    top = min(max(data.max(), *(e for _, e in edges)) * 1.3, data.max() * _HEADROOM)
+    if positive:
+      ax.set_yscale("log")
+      ax.set_ylim(data.min() / 1.3, top)
+    else:
+      ax.set_ylim(data.min() - 0.05 * (top - data.min()), top)
+    for i, edge in edges:
+      note = ", above the plot" if edge > top else ""
+      ax.axhline(edge, color=f"C{i % 10}", linestyle="--", linewidth=1,
+                 label=f"stability edge of {lines[i].label}: {edge:.3g}{note}")
+  elif "loss" in name and positive:
     ax.set_yscale("log")
+  if name == "monitor.eos_ratio":
+    ax.axhline(1.0, color="k", linestyle="--", linewidth=1, label="stability edge (ratio 1)")
   ax.set(xlabel="step", ylabel=name.split(".")[-1], title=_TITLES.get(name, name.replace(".", ": ")))
   ax.legend(fontsize="small")
   ax.grid(alpha=0.3)
@@ -100,6 +114,6 @@ def plot(directory: str | Path, out: str | Path | None = None) -> list[Path]:
   paths = []
   for name, lines in curves(directory).items():
     path = out / f"{name.replace('.', '_')}.png"
-    _figure(name, lines).savefig(path, dpi=120)
+    figure(name, lines).savefig(path, dpi=120)
     paths.append(path)
   return paths

@@ -1,7 +1,8 @@
-"""Figures: the curves' numbers (mean, min, max over seeds), SGD's stability edge, the PNGs."""
+"""Figures: the curves' numbers (median and quartiles over seeds), the stability edges, the PNGs."""
 
 from __future__ import annotations
 
+import matplotlib.collections
 import matplotlib.image
 import numpy as np
 import pytest
@@ -32,43 +33,70 @@ def sweep_dir(tmp_path):
   return tmp_path
 
 
-def test_curves_are_mean_min_max_over_seeds_of_finite_values(sweep_dir):
+def test_curves_are_median_and_quartiles_over_seeds_of_finite_values(sweep_dir):
   curves = plots.curves(sweep_dir)
   assert sorted(curves) == ["eval.test_loss", "monitor.lambda_max", "train_loss"]
   sgd, adam = curves["train_loss"]
   assert (sgd.label, adam.label) == ("sgd", "adam")
   np.testing.assert_array_equal(sgd.steps, [1, 2, 3, 4])
-  np.testing.assert_allclose(sgd.mean, [5.0, 4.0, 2.0, 2.0])
-  np.testing.assert_allclose(sgd.low, [4.0, 3.0, 2.0, 1.0])
-  np.testing.assert_allclose(sgd.high, [6.0, 5.0, 2.0, 3.0])
-  np.testing.assert_allclose(adam.mean, [1.0, 0.5, 0.25, 0.125])
+  # Per step, the finite values over seeds: {4, 6, 5}, {3, 5}, {2, 2}, {1, 3}; quartiles interpolate.
+  np.testing.assert_allclose(sgd.median, [5.0, 4.0, 2.0, 2.0])
+  np.testing.assert_allclose(sgd.low, [4.5, 3.5, 2.0, 1.5])
+  np.testing.assert_allclose(sgd.high, [5.5, 4.5, 2.0, 2.5])
+  np.testing.assert_allclose(adam.median, [1.0, 0.5, 0.25, 0.125])
   lam = curves["monitor.lambda_max"][0]
   np.testing.assert_array_equal(lam.steps, [1, 3])
-  np.testing.assert_allclose(lam.mean, [5.0, 9.0])
-  np.testing.assert_allclose((lam.low, lam.high), ([1.0, 7.0], [9.0, 11.0]))
+  np.testing.assert_allclose(lam.median, [5.0, 9.0])
+  np.testing.assert_allclose((lam.low, lam.high), ([3.0, 8.0], [7.0, 10.0]))
   np.testing.assert_array_equal(curves["eval.test_loss"][0].steps, [2, 4])
 
 
-def spectral_radius(eta, lam, beta, nesterov):
-  """Of SGD's iteration on ½λx², state (x_t, m_{t-1}): m_t = βm_{t-1} + λx_t, x_{t+1} = x_t − η d_t
-  with d_t = m_t (heavy ball) or λx_t + βm_t (Nesterov)."""
-  if nesterov:
-    a = [[1 - eta * lam * (1 + beta), -eta * beta**2], [lam, beta]]
-  else:
-    a = [[1 - eta * lam, -eta * beta], [lam, beta]]
-  return np.max(np.abs(np.linalg.eigvals(np.array(a))))
+def curve(label, values, **optimizer):
+  values = np.asarray(values, np.float64)
+  return plots.Curve(label, np.arange(1, len(values) + 1), values, 0.9 * values, 1.1 * values,
+                     {"optimizer": {"learning_rate": 0.05, **optimizer}})
 
 
-@pytest.mark.parametrize("momentum, nesterov", [(None, False), (0.9, False), (0.5, True)])
-def test_stability_edge_is_where_sgd_on_a_quadratic_turns_unstable(momentum, nesterov):
-  optimizer = {"name": "sgd", "learning_rate": 0.1, "momentum": momentum, "nesterov": nesterov}
-  edge = plots.stability_edge(optimizer)
-  assert spectral_radius(0.1, 0.999 * edge, momentum or 0.0, nesterov) < 1 < spectral_radius(0.1, 1.001 * edge, momentum or 0.0, nesterov)
+def legend_and_edges(fig):
+  (ax,) = fig.axes
+  texts = [t.get_text() for t in ax.get_legend().get_texts()]
+  dashed = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"}
+  return ax, texts, dashed
 
 
-def test_stability_edge_is_none_where_undefined():
-  assert plots.stability_edge({"name": "adam", "learning_rate": 0.1}) is None
-  assert plots.stability_edge({"name": "sgd", "learning_rate": {"name": "constant_schedule", "value": 0.1}}) is None
+def test_lambda_max_figure_labels_each_edge_that_applies_and_keeps_curves_readable():
+  lines = [curve("sgd-m", [5.0, 9.0, 12.0], name="sgd", momentum=0.9), curve("adam", [20.0, 30.0], name="adam"),
+           curve("gd", [8.0, 30.0], name="sgd")]
+  ax, texts, dashed = legend_and_edges(plots.figure("monitor.lambda_max", lines))
+  heavy_ball, gd = (2 + 2 * 0.9) / 0.05, 2 / 0.05  # 76 and 40, Cohen et al.'s edges
+  assert dashed == pytest.approx({f"stability edge of sgd-m: {heavy_ball:.3g}": heavy_ball,
+                                  f"stability edge of gd: {gd:.3g}": gd})
+  assert texts == ["sgd-m", "adam", "gd", *dashed]  # every dashed line is in the legend; Adam has none
+  assert [line.get_color() for line in ax.get_lines() if line.get_linestyle() == "--"] == ["C0", "C2"]
+  low, high = ax.get_ylim()
+  assert ax.get_yscale() == "log" and low <= 4.5 and heavy_ball < high <= 33.0 * 10
+
+
+def test_an_edge_far_above_the_data_is_clipped_and_says_so():
+  lines = [curve("sgd", [1.0, 2.0], name="sgd", learning_rate=0.001)]  # edge 2000
+  ax, texts, dashed = legend_and_edges(plots.figure("monitor.lambda_max", lines))
+  assert texts == ["sgd", "stability edge of sgd: 2e+03, above the plot"]
+  assert ax.get_ylim()[1] == pytest.approx(2.2 * 10)  # the data end a decade below the top
+
+
+def test_no_edge_is_drawn_outside_the_sharpness_figures():
+  lines = [curve("sgd", [1.0, 0.5], name="sgd")]
+  ax, texts, dashed = legend_and_edges(plots.figure("eval.test_accuracy", lines))
+  assert texts == ["sgd"] and dashed == {}
+
+
+def test_seed_bands_are_light_and_span_the_quartiles():
+  lines = [curve("a", [0.5, 0.7]), curve("b", [0.6, 0.8])]
+  (ax,) = plots.figure("eval.test_accuracy", lines).axes
+  bands = [c for c in ax.collections if isinstance(c, matplotlib.collections.PolyCollection)]
+  assert len(bands) == 2 and all(b.get_alpha() <= 0.2 for b in bands)
+  y = bands[0].get_paths()[0].vertices[:, 1]
+  assert y.min() == pytest.approx(0.45) and y.max() == pytest.approx(0.77)
 
 
 def test_plot_writes_one_png_per_metric(sweep_dir, tmp_path):
