@@ -63,7 +63,7 @@ def scale_by_adahessian(
     update_interval: int = 1,
     seed: int = 0,
     *,
-    block_size: int = 1,
+    block_size: int | None = None,
     average_conv_kernel: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """AdaHessian direction. Needs `obj_fn=` (params -> loss on the batch) in `update`.
@@ -76,7 +76,7 @@ def scale_by_adahessian(
     d_t = m_t/(1 − β1ᵗ) / ((√(v_t/(1 − β2ʲ)))^k + eps)
   with k = `hessian_power` and j the number of estimates so far. The diagonal is estimated at
   steps 1, n+1, 2n+1, ... (n = `update_interval`; see `every_k_steps`) and v is reused in
-  between.
+  between. `block_size` (None: 1) sets a shape, so it is static (`base.static_int`).
 
   The first moment uses the incoming updates, not the gradient that the same jvp call returns
   as its primal: inside a chain they may be clipped or accumulated (`optax.MultiSteps`) and must
@@ -91,9 +91,11 @@ def scale_by_adahessian(
   checks.check_nonnegative("eps", eps)
   checks.check_in_range("hessian_power", hessian_power, 0.0, 1.0)
   checks.check_positive_int("update_interval", update_interval)
-  checks.check_positive_int("block_size", block_size)
+  block_size = base.static_int("block_size", block_size, 1)
+  checks.check_seed("seed", seed)
 
   def init_fn(params):
+    base.check_real("adahessian", params)
     return ScaleByAdaHessianState(
         count=jnp.zeros([], jnp.int32),
         mu=optax.tree.zeros_like(params),
@@ -138,7 +140,7 @@ def adahessian(
     weight_decay: float = 0.0,
     weight_decay_mask: Any = None,
     seed: int = 0,
-    block_size: int = 1,
+    block_size: int | None = None,
     average_conv_kernel: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """AdaHessian: p ← p − lr · (d_t + wd · p), d_t from `scale_by_adahessian`.

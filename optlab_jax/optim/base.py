@@ -20,13 +20,12 @@ def integer_leaves_untouched(tx: optax.GradientTransformation) -> optax.Gradient
 
   When every leaf is floating point (the common case) `tx` runs as it is, so its state
   keeps its own structure. Otherwise `tx` sees the float leaves only (optax.masked), and
-  the function-valued extra args (`obj_fn`, `model_fn`, `value_fn`) are wrapped so that they
-  still receive the full params, integer leaves filled in.
+  the function-valued extra args are given the full params (`with_full_params`).
   """
   tx = optax.with_extra_args_support(tx)
-  masked = optax.masked(
+  masked = with_full_params(optax.masked(
       tx, lambda tree: jax.tree.map(checks.is_float, tree), mask_compatible_extra_args=True
-  )
+  ))
 
   def all_float(tree):
     return all(checks.is_float(x) for x in jax.tree.leaves(tree))
@@ -37,9 +36,6 @@ def integer_leaves_untouched(tx: optax.GradientTransformation) -> optax.Gradient
   def update_fn(updates, state, params=None, **extra_args):
     if all_float(updates):
       return tx.update(updates, state, params, **extra_args)
-    for key in _FUNCTION_ARGS.intersection(extra_args):
-      if params is not None and callable(extra_args[key]):
-        extra_args[key] = _with_integer_leaves(extra_args[key], params)
     updates, state = masked.update(updates, state, params, **extra_args)
     updates = jax.tree.map(lambda u: u if checks.is_float(u) else jnp.zeros_like(u), updates)
     return updates, state
@@ -48,20 +44,87 @@ def integer_leaves_untouched(tx: optax.GradientTransformation) -> optax.Gradient
 
 
 # Extra args that are functions of the full params tree.
-_FUNCTION_ARGS = frozenset({"obj_fn", "model_fn", "value_fn"})
+FUNCTION_ARGS = frozenset({"obj_fn", "model_fn", "value_fn"})
 
 
-def _with_integer_leaves(fn: Callable, full_params: Any) -> Callable:
-  """`fn` of the full params, as a function of the masked (float-only) params."""
-  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+def _is_masked(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode)
 
-  def wrapped(float_params, *args, **kwargs):
+
+def fill_masked(fn: Callable, full_params: Any) -> Callable:
+  """`fn` of the full params as a function of a subset: `optax.MaskedNode` leaves are filled
+  in from `full_params` (held fixed); a tree without masked leaves is passed as it is."""
+
+  def wrapped(params, *args, **kwargs):
     merged = jax.tree.map(
-        lambda m, full: full if is_masked(m) else m, float_params, full_params, is_leaf=is_masked
+        lambda m, full: full if _is_masked(m) else m, params, full_params, is_leaf=_is_masked
     )
     return fn(merged, *args, **kwargs)
 
   return wrapped
+
+
+def like_params(tree: Any, params: Any) -> Any:
+  """`tree` (shaped like the full params) restricted to the leaves `params` holds: a MaskedNode
+  where `params` has one. A `grad=` extra arg reaches a masked inner transform in full."""
+  if params is None:
+    return tree
+  return jax.tree.map(lambda p, t: p if _is_masked(p) else t, params, tree, is_leaf=_is_masked)
+
+
+def with_full_params(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """`tx` whose inner transforms' `obj_fn`, `model_fn` and `value_fn` see the full params.
+
+  `optax.masked` and `optax.multi_transform` hand their inner transforms params whose other
+  leaves are `optax.MaskedNode`s, but these extra args are functions of the whole tree. Wrapped
+  by this, each is called on the subset with the other leaves filled in at their current
+  values (`fill_masked`), so a curvature optimizer on a subset S takes its products with
+  respect to S, the rest held fixed: H_SS v, J_Sᵀ H_out J_S v, the sub-block of the full
+  curvature. Wrap the outermost masking transform, e.g.
+  `with_full_params(optax.multi_transform({"k": adahessian(0.1), "b": optax.adam(1e-3)}, labels))`.
+  """
+  tx = optax.with_extra_args_support(tx)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is not None:
+      extra_args = {k: fill_masked(v, params) if k in FUNCTION_ARGS and callable(v) else v
+                    for k, v in extra_args.items()}
+    return tx.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
+def static_int(name: str, value: Any, default: int) -> int:
+  """`value` (None: `default`) as a Python int >= 1, for a hyperparameter that sets a shape
+  or a Python branch.
+
+  `optax.inject_hyperparams` turns every numeric argument it is given into an array, so such
+  an argument arrives here as one and is refused with a `ValueError` naming the `static_args`.
+  Its default is None, so the bare `inject_hyperparams(f)(learning_rate=lr)` never injects it.
+  """
+  if value is None:
+    return default
+  if isinstance(value, (jax.Array, jax.core.Tracer)):
+    raise ValueError(
+        f"{name} sets a shape or a Python branch and cannot be a traced hyperparameter; "
+        f"pass static_args=({name!r},) to optax.inject_hyperparams"
+    )
+  checks.check_positive_int(name, value)
+  return int(value)
+
+
+def params_dtype(params: Any) -> jnp.dtype:
+  """The widest dtype among params' leaves (float32 for a tree without leaves, such as
+  `optax.tree.map_params`'s placeholder)."""
+  return optax.tree.dtype(params, "highest")
+
+
+def check_real(name: str, params: Any) -> None:
+  """`ValueError` naming the dtype if params hold complex leaves (for methods without a complex form)."""
+  for leaf in jax.tree.leaves(params):
+    if jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating):
+      raise ValueError(f"{name} does not support complex parameters (got a {jnp.result_type(leaf)} leaf); "
+                       "its curvature model is defined for real parameters only")
 
 
 def alias(

@@ -11,17 +11,15 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from optlab_jax import checks, curvature
 from optlab_jax.optim import base
 from optlab_jax.optim.conjugate_gradient import conjugate_gradient
-from optlab_jax.optim.newton_cg import check_damped_solver, levenberg_marquardt_step
+from optlab_jax.optim.newton_cg import LevenbergMarquardtState, check_damped_solver, init_damping, levenberg_marquardt_step
 from optlab_jax.optim.registry import register
 
 __all__ = [
-    "ScaleByGaussNewtonState",
     "ScaleByNaturalGradientState",
     "scale_by_gauss_newton",
     "scale_by_natural_gradient",
@@ -30,11 +28,6 @@ __all__ = [
 ]
 
 _MODEL_FN_EXAMPLE = "model_fn=lambda p: model.apply(p, batch_x)"
-
-
-class ScaleByGaussNewtonState(NamedTuple):
-  """State of `scale_by_gauss_newton`."""
-  damping: jax.Array   # μ, a scalar in the params' dtype: the damping is λ = μ‖g‖, adapted from ρ.
 
 
 class ScaleByNaturalGradientState(NamedTuple):
@@ -64,9 +57,6 @@ def scale_by_gauss_newton(
   """
   check_damped_solver(damping, max_cg_iters, cg_tol)
 
-  def init_fn(params):
-    return ScaleByGaussNewtonState(jnp.asarray(damping, jnp.result_type(*jax.tree.leaves(params))))
-
   def update_fn(updates, state, params=None, *, model_fn=None, output_loss_fn=None, **extra_args):
     del extra_args
     checks.require_extra_arg("model_fn", model_fn, example=_MODEL_FN_EXAMPLE)
@@ -75,9 +65,9 @@ def scale_by_gauss_newton(
     ggn = curvature.ggn_fn(model_fn, output_loss_fn, params)
     d, mu = levenberg_marquardt_step(lambda p: output_loss_fn(model_fn(p)), params, updates, ggn,
                                      state.damping, max_cg_iters=max_cg_iters, cg_tol=cg_tol)
-    return d, ScaleByGaussNewtonState(mu)
+    return d, LevenbergMarquardtState(mu)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_damping("gauss_newton", damping), update_fn)
 
 
 def scale_by_natural_gradient(
@@ -85,14 +75,15 @@ def scale_by_natural_gradient(
     max_cg_iters: int = 50,
     cg_tol: float = 1e-10,
     likelihood: str = "gaussian",
-    num_samples: int = 1,
+    num_samples: int | None = None,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   """Natural-gradient direction d = (F̂ + λI)⁻¹ g by CG. Needs `model_fn=` in `update`.
 
   F̂ is the true Fisher of the model's predictive distribution p(y | f(θ)) (`likelihood`:
   "gaussian" N(f, I), or "categorical" softmax over the last axis; outputs carry a leading
-  batch axis), estimated with `num_samples` label draws per example from the model itself
+  batch axis), estimated with `num_samples` (None: 1; static, it sets a shape) label draws
+  per example from the model itself
   (`curvature.fisher_fn`), a fresh key each step; E[F̂] is the GGN of the mean negative
   log-likelihood. g is the incoming update, λ = `damping` is fixed, and CG runs to the
   relative residual `cg_tol` within `max_cg_iters` matvecs.
@@ -101,11 +92,12 @@ def scale_by_natural_gradient(
   New insights and perspectives on the natural gradient method.
   """
   check_damped_solver(damping, max_cg_iters, cg_tol)
-  checks.check_positive_int("num_samples", num_samples)
+  num_samples = base.static_int("num_samples", num_samples, 1)
   curvature.check_likelihood(likelihood)
+  checks.check_seed("seed", seed)
 
   def init_fn(params):
-    del params
+    base.check_real("natural_gradient", params)
     return ScaleByNaturalGradientState(jax.random.PRNGKey(seed))
 
   def update_fn(updates, state, params=None, *, model_fn=None, **extra_args):
@@ -137,7 +129,7 @@ def natural_gradient(
     max_cg_iters: int = 50,
     cg_tol: float = 1e-10,
     likelihood: str = "gaussian",
-    num_samples: int = 1,
+    num_samples: int | None = None,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   """Natural gradient: θ ← θ − lr · (F̂ + λI)⁻¹ g (see `scale_by_natural_gradient`)."""

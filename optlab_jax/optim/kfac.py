@@ -85,8 +85,10 @@ def scale_by_kfac(
     checks.check_positive("kl_clip", kl_clip)
   checks.check_learning_rate(learning_rate)
   curvature.check_likelihood(likelihood)
+  checks.check_seed("seed", seed)
 
   def init_fn(params):
+    base.check_real("kfac", params)
     leaves = jax.tree.leaves(params)
     shapes = [_factor_shapes(leaves, layer) for layer in find_layers(params)]
     zeros = lambda i: tuple(jnp.zeros((s[i], s[i]), s[2]) for s in shapes)

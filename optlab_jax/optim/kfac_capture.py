@@ -84,8 +84,9 @@ class _Recorder:
     if j is None:
       return None
     bias = self.layers[j].bias
-    same_bias = (module.bias is None) if bias is None else (id(_value(module.bias)) == id(self.leaves[bias]))
-    return j if same_bias else None
+    # A layer without a bias leaf in params (none, or masked out of this optimizer's subset)
+    # takes its kernel block alone: rows without the ones column, whatever the module adds.
+    return j if bias is None or id(_value(module.bias)) == id(self.leaves[bias]) else None
 
   def record(self, j: int, rows: jax.Array, y: jax.Array) -> jax.Array:
     kernel = self.leaves[self.layers[j].kernel]

@@ -23,10 +23,12 @@ def _memory_in_params_dtype(tx: optax.GradientTransformation) -> optax.GradientT
 
   def init_fn(params):
     state = tx.init(params)
-    dtype = jnp.result_type(*jax.tree.leaves(params))
-    return state._replace(weights_memory=state.weights_memory.astype(dtype))
+    return state._replace(weights_memory=state.weights_memory.astype(base.params_dtype(params)))
 
   return optax.GradientTransformation(init_fn, tx.update)
+
+
+_STAND_IN = "__lbfgs_params_stand_in__"
 
 
 def _line_search_args_only(linesearch: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -39,12 +41,20 @@ def _line_search_args_only(linesearch: optax.GradientTransformation) -> optax.Gr
   linesearch = optax.with_extra_args_support(linesearch)
 
   def init_fn(params):
+    if not jax.tree.leaves(params):
+      # optax's line searches read a dtype off the first leaf; a tree without leaves
+      # (`optax.tree.map_params`'s placeholder) gets a float32 stand-in's state with params put
+      # back where the stand-in's copies are, so that map_params finds them.
+      state = init_fn({_STAND_IN: jnp.zeros([], jnp.float32)})
+      is_stand_in = lambda x: isinstance(x, dict) and set(x) == {_STAND_IN}
+      return jax.tree.map(lambda x: params if is_stand_in(x) else x, state, is_leaf=is_stand_in)
     # optax's zoom search starts some info scalars weakly typed and returns them strongly
     # typed, which would retrace a jitted step on its second call.
     return jax.tree.map(lambda x: jnp.asarray(x, x.dtype), linesearch.init(params))
 
   def update_fn(updates, state, params=None, *, value=None, grad=None, value_fn=None, **extra_args):
     del extra_args
+    grad = None if grad is None else base.like_params(grad, params)
     return linesearch.update(updates, state, params, value=value, grad=grad, value_fn=value_fn)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -53,7 +63,7 @@ def _line_search_args_only(linesearch: optax.GradientTransformation) -> optax.Gr
 @register("lbfgs")
 def lbfgs(
     learning_rate: optax.ScalarOrSchedule,
-    memory_size: int = 10,
+    memory_size: int | None = None,
     scale_init_precond: bool = True,
     linesearch: optax.GradientTransformationExtraArgs | None = optax.scale_by_zoom_linesearch(
         max_linesearch_steps=20, initial_guess_strategy="one"),
@@ -61,7 +71,10 @@ def lbfgs(
   """L-BFGS: θ ← θ + η · (−lr · H_k g), η from a line search on `value_fn`.
 
   H_k g is the two-loop recursion over the last `memory_size` pairs (s_i = θ_{i+1} − θ_i,
-  y_i = g_{i+1} − g_i), with H_0 = (sᵀy / yᵀy) I when `scale_init_precond`. The line search
+  y_i = g_{i+1} − g_i; None: 10, static: it sets the memory's shape), with
+  H_0 = (sᵀy / yᵀy) I when `scale_init_precond`. g is the incoming update, so a clipping or
+  accumulation before this transform shapes the direction and the pairs; the line search
+  evaluates f and ∇f itself through `value_fn`, starting from `value=` and `grad=`. The line search
   (optax's default: zoom line search, strong Wolfe conditions; None: no line search) needs
   `value=`, `grad=` and `value_fn=` in `update`, exactly as `optax.lbfgs`; lr = 1 is the
   natural setting. Other extra args are not forwarded to `value_fn` (bind the batch into it).
@@ -71,7 +84,7 @@ def lbfgs(
   Nocedal, 1989, On the limited memory BFGS method for large scale optimization.
   """
   checks.check_learning_rate(learning_rate)
-  checks.check_positive_int("memory_size", memory_size)
+  memory_size = base.static_int("memory_size", memory_size, 10)
   return base.integer_leaves_untouched(optax.chain(
       _memory_in_params_dtype(optax.scale_by_lbfgs(memory_size, scale_init_precond)),
       optax.scale_by_learning_rate(learning_rate),

@@ -116,10 +116,12 @@ def _two_loop(grad: Any, s: Any, y: Any, rho: jax.Array, gamma: jax.Array, order
   return r
 
 
-def scale_by_lbfgs_b(lower: Bound = None, upper: Bound = None, memory_size: int = 10) -> optax.GradientTransformation:
+def scale_by_lbfgs_b(lower: Bound = None, upper: Bound = None,
+                     memory_size: int | None = None) -> optax.GradientTransformation:
   """Projected L-BFGS direction d on the box lower ≤ θ ≤ upper (see the module docstring).
 
-  With g the incoming gradient and H₀ = γI, γ = sᵀy / yᵀy of the newest stored pair with
+  g is the incoming update (as clipped or accumulated by the transforms before this one) and
+  `memory_size` (None: 10) is static, since it sets the memory's shape. With H₀ = γI, γ = sᵀy / yᵀy of the newest stored pair with
   sᵀy > eps·yᵀy (γ = 1/‖θ − P(θ − g)‖ before there is one: a unit first step, as in
   L-BFGS-B), the active set A holds the variables at a bound in the Cauchy point P(θ − γg)
   of the model with B₀ = I/γ (the model's minimiser along the projected-gradient path),
@@ -135,9 +137,10 @@ def scale_by_lbfgs_b(lower: Bound = None, upper: Bound = None, memory_size: int 
   problems with simple constraints; Nocedal, 1980, Updating quasi-Newton matrices with
   limited storage.
   """
-  checks.check_positive_int("memory_size", memory_size)
+  memory_size = base.static_int("memory_size", memory_size, 10)
 
   def init_fn(params):
+    base.check_real("lbfgs_b", params)
     stack = jax.tree.map(lambda x: jnp.zeros((memory_size, *x.shape), x.dtype), params)
     return ScaleByLbfgsBState(jnp.zeros([], jnp.int32), params, optax.tree.zeros_like(params), stack, stack)
 
@@ -199,6 +202,7 @@ def scale_by_projected_backtracking(
     checks.require_extra_arg("value", value, example="value=loss, grad=grads, value_fn=lambda p: loss(p, batch)")
     checks.require_extra_arg("grad", grad, example="value=loss, grad=grads")
     checks.require_extra_arg("value_fn", value_fn, example="value_fn=lambda p: loss(p, batch)")
+    grad = base.like_params(grad, params)
     lo, hi = _as_tree(lower, params, -jnp.inf), _as_tree(upper, params, jnp.inf)
     dtype = jnp.result_type(value)
     step_at = lambda t: _step_into_box(params, _project(axpy(t, updates, params), lo, hi), lo, hi)
@@ -226,7 +230,7 @@ def lbfgs_b(
     learning_rate: optax.ScalarOrSchedule,
     lower: Bound = None,
     upper: Bound = None,
-    memory_size: int = 10,
+    memory_size: int | None = None,
     max_backtracking_steps: int = 20,
     slope_rtol: float = 1e-4,
     decrease_factor: float = 0.5,
@@ -234,7 +238,8 @@ def lbfgs_b(
   """L-BFGS-B: θ ← P(θ − t · lr · d), d from `scale_by_lbfgs_b`, t by `scale_by_projected_backtracking`.
 
   Takes `value=`, `grad=` and `value_fn=` in `update`, as `optax.lbfgs`; lr = 1 is the
-  natural setting. Integer leaves of params are left untouched.
+  natural setting. The direction uses the incoming updates; the search evaluates f through
+  `value_fn` and its slope from `grad=`. Integer leaves of params are left untouched.
   """
   checks.check_learning_rate(learning_rate)
   return base.integer_leaves_untouched(optax.chain(

@@ -16,7 +16,7 @@ from optlab_jax.optim import base
 from optlab_jax.optim.conjugate_gradient import conjugate_gradient
 from optlab_jax.optim.registry import register
 
-__all__ = ["ScaleByNewtonCGState", "levenberg_marquardt_step", "scale_by_newton_cg", "newton_cg"]
+__all__ = ["LevenbergMarquardtState", "levenberg_marquardt_step", "scale_by_newton_cg", "newton_cg"]
 
 # Ratio thresholds of the damping rule (Moré, 1978): below _ACCEPT the step is rejected,
 # below _LOW the model was too optimistic (more damping), above _HIGH it was good (less).
@@ -27,9 +27,19 @@ _GROW, _SHRINK = 4.0, 0.5
 _NOISE_ULPS = 1e3
 
 
-class ScaleByNewtonCGState(NamedTuple):
-  """State of `scale_by_newton_cg`."""
+class LevenbergMarquardtState(NamedTuple):
+  """State of `scale_by_newton_cg` and `scale_by_gauss_newton` (`levenberg_marquardt_step`)."""
   damping: jax.Array   # μ, a scalar in the params' dtype: the damping is λ = μ‖g‖, adapted from ρ.
+
+
+def init_damping(name: str, damping: Any) -> Callable[[Any], LevenbergMarquardtState]:
+  """The init of a `levenberg_marquardt_step` transform: μ = `damping` in the params' dtype."""
+
+  def init_fn(params):
+    base.check_real(name, params)
+    return LevenbergMarquardtState(jnp.asarray(damping, base.params_dtype(params)))
+
+  return init_fn
 
 
 def check_damped_solver(damping: Any, max_cg_iters: Any, cg_tol: Any) -> None:
@@ -85,10 +95,12 @@ def scale_by_newton_cg(
 ) -> optax.GradientTransformationExtraArgs:
   """Damped Newton direction d ≈ (H + λI)⁻¹ g by truncated CG. Needs `obj_fn=` in `update`.
 
-  ∇f and the matvec v ↦ H v come from one linearisation of ∇f at θ (`curvature.hvp_fn`);
-  the incoming updates are not used, so the quadratic model and the ratio test see the
-  same gradient. The step is `levenberg_marquardt_step` with C = H: λ = μ‖g‖ (Yamashita &
-  Fukushima; Fan & Yuan), CG to the relative residual min(cg_tol, ‖g‖) inside the ball
+  g is the incoming update (the gradient, as clipped or accumulated by the transforms
+  before this one); v ↦ H v is the HVP of `obj_fn` at θ (`curvature.hvp_fn`), and the ratio
+  test evaluates `obj_fn`. Under `optax.MultiSteps` g is the mean micro-batch gradient while
+  H and f are the last micro-batch's. `updates=None` takes g = ∇f from the HVPs' own
+  linearisation, for a standalone solver. The step is `levenberg_marquardt_step` with
+  C = H: λ = μ‖g‖ (Yamashita & Fukushima; Fan & Yuan), CG to the relative residual min(cg_tol, ‖g‖) inside the ball
   ‖d‖ ≤ 1/μ; if CG meets negative curvature (pᵀ(H + λI)p ≤ 0, near a saddle) it follows
   that direction to the ball's boundary (Steihaug), so −d is never uphill; the ratio ρ of
   actual to predicted decrease rejects bad steps and adapts μ (×4 below 1/4, ×½ above 3/4).
@@ -102,18 +114,18 @@ def scale_by_newton_cg(
   """
   check_damped_solver(damping, max_cg_iters, cg_tol)
 
-  def init_fn(params):
-    return ScaleByNewtonCGState(jnp.asarray(damping, jnp.result_type(*jax.tree.leaves(params))))
-
   def update_fn(updates, state, params=None, *, obj_fn=None, **extra_args):
-    del updates, extra_args
+    del extra_args
     checks.require_extra_arg("obj_fn", obj_fn, example="obj_fn=lambda p: loss(p, batch)")
-    grad, hess = curvature.hvp_fn(obj_fn, params, return_grad=True)
-    d, mu = levenberg_marquardt_step(obj_fn, params, grad, hess, state.damping,
+    if updates is None:
+      updates, hess = curvature.hvp_fn(obj_fn, params, return_grad=True)
+    else:
+      hess = curvature.hvp_fn(obj_fn, params)
+    d, mu = levenberg_marquardt_step(obj_fn, params, updates, hess, state.damping,
                                      max_cg_iters=max_cg_iters, cg_tol=cg_tol)
-    return d, ScaleByNewtonCGState(mu)
+    return d, LevenbergMarquardtState(mu)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_damping("newton_cg", damping), update_fn)
 
 
 @register("newton_cg")

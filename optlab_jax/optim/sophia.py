@@ -81,8 +81,10 @@ def scale_by_sophia(
   checks.check_positive_int("update_interval", update_interval)
   checks.check_choice("estimator", estimator, ESTIMATORS)
   curvature.check_likelihood(likelihood)
+  checks.check_seed("seed", seed)
 
   def init_fn(params):
+    base.check_real(f"sophia ({estimator})", params)
     return ScaleBySophiaState(
         count=jnp.zeros([], jnp.int32),
         mu=optax.tree.zeros_like(params),
