@@ -57,7 +57,10 @@ def cross_entropy_reference(logits, labels):
 
 
 def test_names_and_registry_errors():
-  assert problems.names() == ["digits_cnn", "digits_mlp", "quadratic", "rosenbrock", "teacher_student"]
+  assert problems.names() == [
+      "char_transformer", "cubic", "digits_cnn", "digits_mlp", "mnist1d_cnn", "mnist1d_mlp", "plateau", "quadratic",
+      "rosenbrock", "saddle", "tanh_vanishing", "teacher_student", "xcos",
+  ]
   with pytest.raises(ValueError, match="unknown problem 'quadratc'; did you mean 'quadratic'"):
     problems.get("quadratc")
   with pytest.raises(ValueError, match="^conditon=3.0 is not an option of problem 'quadratic'; did you mean 'condition'"):

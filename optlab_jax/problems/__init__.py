@@ -1,4 +1,5 @@
-"""Problems by name: test functions, digits with an MLP or a CNN, teacher-student regression.
+"""Problems by name: test functions and landscapes, digits and MNIST-1D, a character Transformer,
+teacher-student regression.
 
 `build(name, **options)` returns a `Problem`; `get(name)` returns its factory, whose keyword
 signature (annotations and defaults) is the problem's set of options; `names()` lists them.
@@ -10,7 +11,7 @@ import inspect
 from typing import Any, Callable
 
 from optlab_jax.checks import did_you_mean
-from optlab_jax.problems import char_transformer, digits, mnist1d, teacher_student, test_functions
+from optlab_jax.problems import char_transformer, digits, landscapes, mnist1d, teacher_student, test_functions
 from optlab_jax.problems.base import Problem
 
 __all__ = ["Problem", "build", "get", "names"]
@@ -24,6 +25,11 @@ _FACTORIES: dict[str, Callable[..., Problem]] = {
     "char_transformer": char_transformer.char_transformer,
     "mnist1d_mlp": mnist1d.mnist1d_mlp,
     "mnist1d_cnn": mnist1d.mnist1d_cnn,
+    "cubic": landscapes.cubic,
+    "saddle": landscapes.saddle,
+    "xcos": landscapes.xcos,
+    "plateau": landscapes.plateau,
+    "tanh_vanishing": landscapes.tanh_vanishing,
 }
 
 
