@@ -33,6 +33,7 @@ import optax
 
 from optlab_jax import checks
 from optlab_jax.curvature.loops import has_primitive, resolve_loop
+from optlab_jax.optim.schedule_free import schedule_free_eval_params
 from optlab_jax.problems import Problem
 
 __all__ = ["History", "TrainState", "choose_loop", "fit", "fit_vmapped", "has_conv", "should_vmap", "step_flops"]
@@ -141,6 +142,9 @@ def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=
   loop = choose_loop(problem, loop)
   init, step = _point_fns(problem, make_tx, batch_size)
   metrics = problem.metrics_fn
+  # Schedule-free methods train at y and are evaluated at their average x (other states: the params).
+  eval_point = lambda state: (jax.vmap(schedule_free_eval_params) if batched else schedule_free_eval_params)(
+      state.opt_state, state.params)
   if batched:
     init, step = jax.vmap(init), jax.vmap(step, in_axes=(0, 0, None, None))
     metrics = jax.vmap(metrics, in_axes=(None, 0))
@@ -182,13 +186,13 @@ def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=
       loss = jnp.stack(loss)
     losses.append(np.asarray(loss, np.float64).reshape(length, -1))  # the host's one wait per chunk
     if eval_every and (start + length) % eval_every == 0:
-      evaluated.append((start + length, run("metrics", metrics, data, state.params, cold=True)))
+      evaluated.append((start + length, run("metrics", metrics, data, eval_point(state), cold=True)))
     if on_progress is not None:
       on_progress(start + length)
     alive = alive & np.isfinite(losses[-1]).all(axis=0)
     if not np.any(alive):
       break
-  final = run("metrics", metrics, data, state.params, cold=True)
+  final = run("metrics", metrics, data, eval_point(state), cold=True)
   params = state.params if batched else jax.tree.map(lambda x: x[None], state.params)
   loss = np.concatenate(losses)
   loss = np.concatenate([loss, np.full((steps - len(loss), loss.shape[1]), np.nan)]).T

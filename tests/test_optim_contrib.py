@@ -118,3 +118,63 @@ def test_matches_optax_for_20_steps(case):
   assert err <= 1e-10, f"{case}: relative error {err:.2e}"
   # The run moved (so the agreement is not the trivial one of two idle optimizers).
   assert np.linalg.norm(want[-1] - ravel_pytree(params)[0]) > 1e-3
+
+
+# --- Schedule-free runs are evaluated at the averaged point x, not at the training point y. ---
+
+def _teacher_student():
+  from optlab_jax import problems
+  return problems.build("teacher_student", input_dim=5, output_dim=2, teacher_hidden=(3,), student_hidden=(6,),
+                        num_train=64, num_test=32, dtype="float64")
+
+
+def _hand_loop(problem, seed, steps=12, batch=16):
+  """optax's schedule_free_adamw with the runner's documented keys; evals at optax's x and at y."""
+  tx = contrib.schedule_free_adamw(0.05, b1=0.8)
+  init_key, data_key = jax.random.split(jax.random.key(seed))
+  params = problem.init_params(init_key)
+  state = tx.init(params)
+  for t in range(steps):
+    b = problem.sample_batch(jax.random.fold_in(data_key, np.int32(t)), batch)
+    grads = jax.grad(problem.loss)(params, b)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  return problem.eval_metrics(contrib.schedule_free_eval_params(state, params)), problem.eval_metrics(params)
+
+
+def test_runner_evaluates_schedule_free_at_the_averaged_point():
+  from optlab_jax import train
+  problem = _teacher_student()
+  kw = dict(steps=12, batch_size=16, eval_every=6)
+  single = train.fit(problem, optim.schedule_free_adamw(0.05, b1=0.8), seed=0, **kw)
+  vmapped = train.fit_vmapped(problem, lambda **hp: optim.schedule_free_adamw(0.05, b1=0.8), {}, [0, 1], **kw)
+  for seed, history in ((0, single), (0, vmapped[0]), (1, vmapped[1])):
+    at_x, at_y = _hand_loop(problem, seed)
+    for name, value in at_x.items():
+      np.testing.assert_allclose(history.final[name], float(value), rtol=1e-9)
+      np.testing.assert_allclose(history.eval[name][-1], float(value), rtol=1e-9)
+      assert abs(float(value) - float(at_y[name])) > 1e-6 * abs(float(value))  # x and y differ here
+
+
+def test_eval_params_finds_the_state_inside_wrappers_and_keeps_integer_leaves():
+  params, obj_fn = least_squares()
+  tree = {**params, "step": jnp.arange(3, dtype=jnp.int32)}
+  grads = {**jax.grad(obj_fn)(params), "step": jnp.zeros(3, jnp.int32)}
+  tx = optax.inject_hyperparams(optim.schedule_free_sgd)(learning_rate=0.1)
+  state = tx.init(tree)
+  for _ in range(3):
+    updates, state = tx.update(grads, state, tree)
+    tree = optax.apply_updates(tree, updates)
+  x = optim.schedule_free_eval_params(state, tree)
+  ref = contrib.schedule_free_sgd(0.1)
+  ref_params, ref_state = params, ref.init(params)
+  for _ in range(3):
+    u, ref_state = ref.update(jax.grad(obj_fn)(params), ref_state, ref_params)
+    ref_params = optax.apply_updates(ref_params, u)
+  want = contrib.schedule_free_eval_params(ref_state, ref_params)
+  for k in params:
+    np.testing.assert_allclose(x[k], want[k], rtol=1e-12)
+  np.testing.assert_array_equal(x["step"], np.arange(3))
+  assert x["step"].dtype == jnp.int32
+  # Any other optimizer's state: the params themselves.
+  assert optim.schedule_free_eval_params(optax.adam(0.1).init(params), params) is params

@@ -12,7 +12,7 @@ from optlab_jax import checks
 from optlab_jax.optim.registry import register
 from optlab_jax.optim.wrapped import check_decays, check_nonnegatives, optax_alias
 
-__all__ = ["schedule_free_adamw", "schedule_free_sgd", "eval_params"]
+__all__ = ["schedule_free_adamw", "schedule_free_sgd", "schedule_free_eval_params"]
 
 
 def _check(b1, warmup_steps, weight_lr_power) -> None:
@@ -33,7 +33,7 @@ def schedule_free_adamw(learning_rate: optax.ScalarOrSchedule = 0.0025, warmup_s
     z_{t+1} = z_t − γ_t (g(y_t) / (√v̂_t + eps) + λ y_t)        (v̂: Adam's debiased 2nd moment, no m)
     c_{t+1} = γ_max^p / Σ_{k≤t} γ_max,k^p   (p = weight_lr_power),   x_{t+1} = (1 − c) x_t + c z_{t+1}
     y_{t+1} = b1 x_{t+1} + (1 − b1) z_{t+1}
-  The params are y (where gradients are taken); evaluate at x = `eval_params(state, params)`.
+  The params are y (where gradients are taken); evaluate at x = `schedule_free_eval_params(state, params)`.
   `warmup_steps` prepends a linear warm-up to lr.
 
   References: Defazio et al., 2024, The road less scheduled (arXiv:2405.15682).
@@ -64,7 +64,7 @@ def _is_schedule_free_state(x) -> bool:
   return isinstance(x, contrib.ScheduleFreeState)
 
 
-def eval_params(opt_state: Any, params: Any) -> Any:
+def schedule_free_eval_params(opt_state: Any, params: Any) -> Any:
   """The point to evaluate at: x of the schedule-free state inside `opt_state`, else `params`.
 
   Finds the `ScheduleFreeState` however it is nested (chain, inject_hyperparams, masking of
