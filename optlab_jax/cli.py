@@ -4,8 +4,8 @@
   optlab list optimizers|problems|schedules|metrics|configs|experiments
   optlab plot DIR [--out FIGDIR]
 
-A bad config exits with status 2 and one message naming the file (or the `--set`) and the dotted
-path of the bad key, as argparse does for a bad command line.
+A bad config exits with status 2 and one line per mistake, each naming the file (or the `--set`)
+and the dotted path of the bad key, as argparse does for a bad command line.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from optlab_jax import config, monitor, optim, plots, problems, results, sweep
+from optlab_jax import config, monitor, optim, plots, problems, results, sweep, train
 
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,12 +86,14 @@ def _listing(what: str) -> list[tuple[str, str]]:
 
 
 def _run(args: argparse.Namespace) -> int:
+  out = args.out or str(Path("runs") / Path(args.config).stem)
+  if not args.no_compile_cache:  # before anything compiles (validation does)
+    train.use_compilation_cache(Path(out) / "compile_cache")
   try:
     experiment = config.load(args.config, args.set)
   except config.ConfigError as e:
     print(e, file=sys.stderr)
     return 2
-  out = args.out or str(Path("runs") / Path(args.config).stem)
   records = sweep.run(experiment, out, progress=not args.quiet, log=print)
   print(results.table(records))
   print(f"\nresults in {out}/ (runs.jsonl, summary.csv, metrics/); figures: optlab plot {out}")
@@ -126,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
   )
   run.add_argument("--out", help="results directory (default: runs/<config stem>)")
   run.add_argument("--quiet", action="store_true", help="no progress bar")
+  run.add_argument(
+      "--no-compile-cache", action="store_true",
+      help="do not keep compiled programs in DIR/compile_cache (JAX's persistent cache, on by default)",
+  )
   run.set_defaults(func=_run)
   listing = commands.add_parser("list", help="list what a config can name")
   listing.add_argument(

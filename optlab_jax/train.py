@@ -36,7 +36,8 @@ from optlab_jax.curvature.loops import has_primitive, resolve_loop
 from optlab_jax.optim.schedule_free import schedule_free_eval_params
 from optlab_jax.problems import Problem
 
-__all__ = ["History", "TrainState", "choose_loop", "fit", "fit_vmapped", "has_conv", "should_vmap", "step_flops"]
+__all__ = ["History", "TrainState", "choose_loop", "fit", "fit_vmapped", "has_conv", "should_vmap", "step_flops",
+           "use_compilation_cache"]
 
 # XLA's FLOP estimate for one step of one run up to which vmapping runs on CPU beats running
 # them one by one (see `should_vmap`). experiments/bench_sweep.py on 2 quiet cores, vmap8/seq8:
@@ -60,7 +61,7 @@ class History:
   eval_steps: np.ndarray          # [k] steps done when eval ran (multiples of eval_every)
   eval: dict[str, np.ndarray]     # metric -> [k] values of problem.eval_metrics
   monitor_steps: np.ndarray       # [m] 1-based steps whose (params, grads, ...) the monitor saw
-  monitor: dict[str, np.ndarray]  # metric -> [m] values
+  monitor: dict[str, np.ndarray]  # metric -> [m, *shape] values (shape () for scalar metrics)
   final: dict[str, float]         # problem.eval_metrics of the final params
   status: str                     # "ok" | "diverged" (a NaN or Inf training loss)
   diverged_at: int | None         # 1-based step of the first non-finite loss
@@ -112,6 +113,18 @@ def _point_fns(problem: Problem, make_tx: Callable[[dict], optax.GradientTransfo
     return new, loss, (state.params, grads, updates, opt_state, batch)
 
   return init, step
+
+
+def use_compilation_cache(path: str) -> None:
+  """Keeps every compiled program in JAX's persistent cache at `path` (created if missing).
+
+  A later process, or a later group of the same sweep whose program is the same (the monitor
+  and the eval metrics of one problem, say), then loads it instead of compiling it again. Call
+  it before anything compiles: JAX decides whether to use the cache at its first compilation.
+  """
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small programs add up
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 class _Compiled:
@@ -197,6 +210,8 @@ def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=
   loss = np.concatenate(losses)
   loss = np.concatenate([loss, np.full((steps - len(loss), loss.shape[1]), np.nan)]).T
   records = jax.device_get({"monitor": monitored, "eval": evaluated, "final": [(steps, final)]})
+  if not batched:  # one run's values get the leading run axis of a vmapped program's (arrays stay arrays)
+    records = {k: [(s, jax.tree.map(lambda x: np.asarray(x)[None], r)) for s, r in rows] for k, rows in records.items()}
   n, wall_time, compile_time = len(loss), time.perf_counter() - tic, run.seconds - compile_seconds
   return [_history(i, loss[i], records, params, loop, wall_time / n, compile_time / n) for i in range(n)]
 
@@ -204,7 +219,7 @@ def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=
 def _history(i, loss, records, params, loop, wall_time, compile_time) -> History:
   """Run i's History from the records of a program that trained one or more runs."""
   series = {
-      key: {name: np.array([np.reshape(r[name], -1)[i] for _, r in rows]) for name in (rows[0][1] if rows else {})}
+      key: {name: np.array([np.asarray(r[name])[i] for _, r in rows]) for name in (rows[0][1] if rows else {})}
       for key, rows in records.items()
   }
   bad = np.flatnonzero(~np.isfinite(loss))
