@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 
 import jax
 import jax.extend
@@ -232,3 +234,23 @@ def test_bad_arguments_raise_value_errors():
     train.fit(problem, optax.sgd(0.1), steps=0)
   with pytest.raises(ValueError, match=r"learning_rate has shape \(3,\); expected \(2,\)"):
     train.fit_vmapped(problem, optax.sgd, {"learning_rate": np.ones(3)}, np.arange(2), steps=2)
+
+
+_CACHED_RUN = """
+import sys, jax, numpy as np, optax
+from optlab_jax import problems, train
+train.use_compilation_cache(sys.argv[1])
+hits = []
+jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event) if event.endswith("cache_hits") else None)
+history = train.fit(problems.build("quadratic", dim=3), optax.sgd(0.1), steps=4, eval_every=2)
+print(len(hits), repr(history.loss.tolist()))
+"""
+
+
+def test_a_second_process_loads_its_programs_from_the_persistent_cache(tmp_path):
+  run = lambda: subprocess.run([sys.executable, "-c", _CACHED_RUN, str(tmp_path / "cache")],
+                               capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+  first_hits, first_loss = run()
+  assert first_hits == "0" and any((tmp_path / "cache").iterdir())
+  second_hits, second_loss = run()
+  assert int(second_hits) >= 3 and second_loss == first_loss  # init, scan, metrics; same numbers

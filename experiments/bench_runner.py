@@ -1,0 +1,59 @@
+"""How long a new user waits: `optlab run configs/quickstart.yaml --set train.steps=50`, cold and warm.
+
+  python experiments/bench_runner.py [--steps 50] [--repeats 1]
+
+Each row is a fresh `optlab` process (imports, config validation, compilation and training all
+counted), as a user runs it:
+  cold         a new results directory: nothing compiled yet (the persistent cache starts empty);
+  warm         the same command again after deleting the results (a changed hyperparameter
+               reruns every run): compiled programs come from DIR/compile_cache;
+  no cache     `--no-compile-cache` in a new directory: what a run cost before the cache.
+Targets on the 2-core CPU machine (issue 9): cold <= 15 s, warm <= 8 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+
+
+def _optlab(*args: str) -> float:
+  tic = time.perf_counter()
+  subprocess.run([sys.executable, "-m", "optlab_jax.cli", "run", str(CONFIG), "--quiet", *args],
+                 check=True, capture_output=True)
+  return time.perf_counter() - tic
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=50)
+  parser.add_argument("--repeats", type=int, default=1, help="best of this many of each row")
+  args = parser.parse_args()
+  rows = {"cold": [], "warm": [], "no cache": []}
+  for _ in range(args.repeats):
+    with tempfile.TemporaryDirectory() as tmp:
+      out = pathlib.Path(tmp) / "qs"
+      common = ("--set", f"train.steps={args.steps}", "--out", str(out))
+      rows["cold"].append(_optlab(*common))
+      for name in ("runs.jsonl", "summary.csv", "metrics"):
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+      rows["warm"].append(_optlab(*common))
+      rows["no cache"].append(_optlab("--set", f"train.steps={args.steps}", "--out", str(out) + "_nc",
+                                      "--no-compile-cache"))
+  targets = {"cold": "<= 15", "warm": "<= 8", "no cache": ""}
+  print(f"optlab run configs/quickstart.yaml --set train.steps={args.steps}, best of {args.repeats}")
+  print(f"{'row':10s} | {'seconds':>8s} | target")
+  for name, times in rows.items():
+    print(f"{name:10s} | {min(times):8.1f} | {targets[name]}")
+
+
+if __name__ == "__main__":
+  main()
