@@ -4,7 +4,7 @@
 of scalars. Inside a jitted loop (traced arguments) everything runs as one XLA program with
 `lax.scan` estimators. Called with concrete arrays it runs one compiled program too, except
 where a convolution would sit inside control flow on CPU (40–50× slower there, see
-DESIGN.md): then the linearisation and each Lanczos step are separate jitted calls driven by
+docs/architecture.md): then the linearisation and each Lanczos step are separate jitted calls driven by
 a Python loop. Both paths compute the same numbers.
 
 Metrics (all from one Hessian linearisation at `params` on `batch`):
@@ -13,12 +13,18 @@ Metrics (all from one Hessian linearisation at `params` on `batch`):
   eos_ratio                   λ_max / the optimizer's `stability_edge` (at 1 on the edge; Cohen et
                               al., 2021); lr · λ_max / 2, GD's edge, for optimizers without one
   preconditioned_lambda_max   λ_max of P⁻¹H = λ_max of P^{-1/2} H P^{-1/2}, P the optimizer's
-                              diagonal preconditioner (Cohen et al., 2022, arXiv:2207.14484)
+                              diagonal preconditioner read from its state (`optim.preconditioner`)
+  preconditioned_eos_ratio    preconditioned_lambda_max / `preconditioned_stability_edge`
+                              (Cohen et al., 2022, arXiv:2207.14484)
   directional_sharpness       uᵀHu / ‖u‖² of the update u
   gradient_correlation        −gᵀu / (‖g‖ ‖u‖)
   top_k_gradient_fraction     ‖V_kᵀ g‖² / ‖g‖², V_k the top-k Ritz vectors (Gur-Ari et al., 2018,
                               Gradient descent happens in a tiny subspace, arXiv:1812.04754)
   ggn_lambda_max              λ_max of the Gauss-Newton matrix Jᵀ H_out J
+  spectral_density            (2, slq_probes, lanczos_iters) array: SLQ nodes [0] and weights [1]
+                              of H (`curvature.slq_quadrature`; `landscape_plots` draws the density)
+  layer_lambda_max            (layers,) λ_max of each layer's diagonal block H_ll (Lanczos on the
+                              block); a layer is the leaves under one parent, in `layer_names` order
 
 References: Ghorbani et al., 2019, arXiv:1901.10159 (Lanczos on the Hessian); Cohen et al., 2021,
 Gradient descent on neural networks typically occurs at the edge of stability (arXiv:2103.00065).
@@ -26,6 +32,7 @@ Gradient descent on neural networks typically occurs at the edge of stability (a
 
 from __future__ import annotations
 
+import functools
 import inspect
 import numbers
 from typing import Any, Callable, NamedTuple, Sequence
@@ -36,10 +43,11 @@ import optax
 from jax.tree_util import Partial
 
 from optlab_jax import curvature, optim
-from optlab_jax.curvature.loops import apply, is_traced, resolve_loop
 from optlab_jax.checks import check_positive_int
+from optlab_jax.curvature.loops import apply, is_traced, resolve_loop
+from optlab_jax.optim import preconditioner as preconditioners
 
-__all__ = ["METRICS", "Monitor", "adam_preconditioner", "preconditioned_stability_edge", "stability_edge"]
+__all__ = ["METRICS", "Monitor", "layer_names", "preconditioned_stability_edge", "stability_edge"]
 
 METRICS = (
     "lambda_max",
@@ -47,10 +55,13 @@ METRICS = (
     "trace",
     "eos_ratio",
     "preconditioned_lambda_max",
+    "preconditioned_eos_ratio",
     "directional_sharpness",
     "gradient_correlation",
     "top_k_gradient_fraction",
     "ggn_lambda_max",
+    "spectral_density",
+    "layer_lambda_max",
 )
 
 
@@ -100,6 +111,11 @@ def _edge(optimizer: dict, preconditioned: bool, learning_rate: Any = None) -> A
   return edge if preconditioned else edge - hp.get("weight_decay", 0.0)
 
 
+def _hyperparameters(optimizer: dict) -> dict:
+  """An optimizer config's hyperparameters: everything but its name and learning rate."""
+  return {k: v for k, v in optimizer.items() if k not in ("name", "learning_rate")}
+
+
 def _constant_lr(optimizer: dict) -> float | None:
   lr = optimizer.get("learning_rate")
   is_number = isinstance(lr, numbers.Real) and not isinstance(lr, bool)
@@ -141,39 +157,9 @@ def preconditioned_stability_edge(optimizer: dict) -> float | None:
 
 
 _NEEDS_LANCZOS = {"lambda_max", "lambda_min", "eos_ratio", "top_k_gradient_fraction"}
-_NEEDS_HESSIAN = _NEEDS_LANCZOS | {"trace", "preconditioned_lambda_max", "directional_sharpness"}
-
-
-def _find_adam_state(opt_state: Any) -> Any:
-  """The first state node with `nu` and `count` fields (optax's ScaleByAdamState and kin)."""
-  for node in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "nu") and hasattr(x, "count")):
-    if hasattr(node, "nu") and hasattr(node, "count"):
-      return node
-  raise ValueError(
-      "preconditioned_lambda_max needs an optimizer state with a second moment `nu` and a "
-      "`count` (the Adam family); pass Monitor(preconditioner=fn) with fn(opt_state) -> diag P"
-  )
-
-
-def adam_preconditioner(b2: float = 0.999, eps: float = 1e-8) -> Callable[[Any], Any]:
-  """P = √(ν / (1 − β2ᵗ)) + eps from an Adam-family state (β2, eps from inject_hyperparams if there)."""
-
-  def preconditioner(opt_state):
-    adam_state = _find_adam_state(opt_state)
-    hyper = _hyperparams(opt_state)
-    beta2, epsilon = hyper.get("b2", b2), hyper.get("eps", eps)
-    t = jnp.maximum(adam_state.count, 1)
-    return jax.tree.map(lambda v: jnp.sqrt(v / (1 - beta2 ** t.astype(v.dtype))) + epsilon, adam_state.nu)
-
-  return preconditioner
-
-
-def _hyperparams(opt_state: Any) -> dict:
-  """The hyperparams dict of the outermost `optax.inject_hyperparams` state, or {}."""
-  for node in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "hyperparams")):
-    if hasattr(node, "hyperparams"):
-      return dict(node.hyperparams)
-  return {}
+_NEEDS_PRECONDITIONER = {"preconditioned_lambda_max", "preconditioned_eos_ratio"}
+_NEEDS_HESSIAN = _NEEDS_LANCZOS | _NEEDS_PRECONDITIONER | {"trace", "directional_sharpness",
+                                   "spectral_density", "layer_lambda_max"}
 
 
 class Monitor:
@@ -184,12 +170,18 @@ class Monitor:
     loss_fn: (params, batch) -> scalar, the training objective on a batch.
     model_fn, output_loss_fn: (params, batch) -> outputs and (outputs, batch) -> scalar, for
       `ggn_lambda_max`.
-    learning_rate: float or schedule for `eos_ratio`; the lr inside an
+    learning_rate: float or schedule for the edges; the lr inside an
       `optax.inject_hyperparams` state takes precedence (so vmapped lr sweeps are right).
+    optimizer: the optimizer as a config, {"name": ..., **hyperparams} (missing ones take the
+      factory's defaults; injected ones are read from the state): its own stability edge for
+      `eos_ratio` (without it, GD's 2/lr) and its diagonal preconditioner
+      (`optim.preconditioner.preconditioner_fn`) for the preconditioned metrics.
     lanczos_iters: Lanczos steps (one HVP each) for the eigenvalue metrics.
     top_k: subspace size of `top_k_gradient_fraction` (≤ lanczos_iters).
     trace_samples: Hutchinson probes for `trace`.
-    preconditioner: opt_state -> diagonal P tree, for `preconditioned_lambda_max`.
+    slq_probes: Rademacher probes of `spectral_density` (lanczos_iters nodes each).
+    preconditioner: opt_state -> diagonal P tree, for `preconditioned_lambda_max`, in place of
+      the one `optimizer` registers.
     seed: seeds the Lanczos start vectors and Hutchinson probes (folded with the step).
     loop: "auto" | "scan" | "python" for the Krylov loops (see `curvature.resolve_loop`).
   """
@@ -202,9 +194,11 @@ class Monitor:
       model_fn: Callable | None = None,
       output_loss_fn: Callable | None = None,
       learning_rate: optax.ScalarOrSchedule | None = None,
+      optimizer: dict[str, Any] | None = None,
       lanczos_iters: int = 20,
       top_k: int = 10,
       trace_samples: int = 1,
+      slq_probes: int = 1,
       preconditioner: Callable[[Any], Any] | None = None,
       seed: int = 0,
       loop: str = "auto",
@@ -215,15 +209,28 @@ class Monitor:
     check_positive_int("lanczos_iters", lanczos_iters)
     check_positive_int("top_k", top_k)
     check_positive_int("trace_samples", trace_samples)
+    check_positive_int("slq_probes", slq_probes)
     if "top_k_gradient_fraction" in metrics and top_k > lanczos_iters:
       raise ValueError(f"top_k={top_k} is out of range; expected top_k <= lanczos_iters={lanczos_iters}")
     if "ggn_lambda_max" in metrics and (model_fn is None or output_loss_fn is None):
       raise ValueError("ggn_lambda_max needs model_fn=(params, batch) -> outputs and output_loss_fn=(outputs, batch) -> loss")
+    wants_preconditioner = _NEEDS_PRECONDITIONER.intersection(metrics)
+    if wants_preconditioner and preconditioner is None:
+      if optimizer is None:
+        raise ValueError(f"{sorted(wants_preconditioner)} need Monitor(optimizer={{'name': ...}}) or "
+                         "preconditioner=fn with fn(opt_state) -> diagonal P")
+      preconditioner = preconditioners.preconditioner_fn(optimizer["name"], **_hyperparameters(optimizer))
+    rule = _EDGE_RULES.get((optimizer or {}).get("name"))
+    if "preconditioned_eos_ratio" in metrics and (rule is None or not rule.preconditioned):
+      raise ValueError("preconditioned_eos_ratio needs Monitor(optimizer=...) naming an optimizer with a "
+                       "preconditioned edge: " + ", ".join(n for n, r in _EDGE_RULES.items() if r.preconditioned))
     self.metrics = tuple(metrics)
+    self.optimizer = optimizer
     self.loss_fn, self.model_fn, self.output_loss_fn = loss_fn, model_fn, output_loss_fn
     self.learning_rate = learning_rate
     self.lanczos_iters, self.top_k, self.trace_samples = lanczos_iters, top_k, trace_samples
-    self.preconditioner = preconditioner or adam_preconditioner()
+    self.slq_probes = slq_probes
+    self.preconditioner = preconditioner
     self.seed, self.loop = seed, loop
     self._compiled = jax.jit(self._scan_impl)
 
@@ -259,10 +266,18 @@ class Monitor:
     return self._measure(hess, ggn, params, grads, updates, opt_state, key, step, "scan")
 
   def _lr(self, opt_state, step):
-    lr = _hyperparams(opt_state).get("learning_rate", self.learning_rate)
+    lr = preconditioners.injected_hyperparams(opt_state).get("learning_rate", self.learning_rate)
     if lr is None:
       raise ValueError("eos_ratio needs Monitor(learning_rate=...) or an inject_hyperparams optimizer")
     return lr(step) if callable(lr) else jnp.asarray(lr)
+
+  def _edge(self, opt_state, step, preconditioned):
+    """The optimizer's edge at this step's lr and (possibly injected) hyperparameters; GD's
+    2/lr for `eos_ratio` where the optimizer has none (or none was given)."""
+    lr = self._lr(opt_state, step)
+    config = {**(self.optimizer or {}), **preconditioners.injected_hyperparams(opt_state)}
+    edge = _edge(config, preconditioned, lr) if self.optimizer else None
+    return 2 / lr if edge is None else edge
 
   def _top_eig(self, matvec, params, key, loop):
     k = self.top_k if "top_k_gradient_fraction" in self.metrics else 1
@@ -276,17 +291,19 @@ class Monitor:
       eigs = self._top_eig(hess, params, lanczos_key, loop)
       out["lambda_max"], out["lambda_min"] = eigs.top_values[0], eigs.bottom_values[0]
       if "eos_ratio" in want:
-        out["eos_ratio"] = self._lr(opt_state, step) * eigs.top_values[0] / 2
+        out["eos_ratio"] = eigs.top_values[0] / self._edge(opt_state, step, False)
       if "top_k_gradient_fraction" in want:
         coeffs = jax.vmap(lambda v: optax.tree.vdot(v, grads))(eigs.top_vectors)
         out["top_k_gradient_fraction"] = jnp.sum(coeffs**2) / optax.tree.vdot(grads, grads)
     if "trace" in want:
       out["trace"] = curvature.hutchinson_trace(hess, params, trace_key, self.trace_samples)
-    if "preconditioned_lambda_max" in want:
+    if _NEEDS_PRECONDITIONER & want:
       inv_sqrt = jax.tree.map(lambda p: 1.0 / jnp.sqrt(p), self.preconditioner(opt_state))
       scaled = jax.tree_util.Partial(_scaled_apply, hess, inv_sqrt)
       out["preconditioned_lambda_max"] = curvature.lanczos_eigs(
           scaled, params, precond_key, self.lanczos_iters, 1, loop=loop).top_values[0]
+      if "preconditioned_eos_ratio" in want:
+        out["preconditioned_eos_ratio"] = out["preconditioned_lambda_max"] / self._edge(opt_state, step, True)
     if {"directional_sharpness", "gradient_correlation"} & want:
       u_norm2 = optax.tree.vdot(updates, updates)
       if "directional_sharpness" in want:
@@ -297,6 +314,12 @@ class Monitor:
     if "ggn_lambda_max" in want:
       out["ggn_lambda_max"] = curvature.lanczos_eigs(
           ggn, params, ggn_key, self.lanczos_iters, 1, loop=loop).top_values[0]
+    if "spectral_density" in want:
+      nodes, weights = curvature.slq_quadrature(hess, params, jax.random.fold_in(key, 4), self.lanczos_iters,
+                                                self.slq_probes, loop=loop)
+      out["spectral_density"] = jnp.stack([nodes, weights])
+    if "layer_lambda_max" in want:
+      out["layer_lambda_max"] = _layer_lambda_max(hess, params, jax.random.fold_in(key, 5), self.lanczos_iters, loop)
     return {name: out[name] for name in self.metrics}
 
 
@@ -304,3 +327,42 @@ def _scaled_apply(matvec: Callable, inv_sqrt: Any, v: Any) -> Any:
   """v ↦ D H D v with D = diag(inv_sqrt): symmetric, with the eigenvalues of D² H."""
   mul = lambda x: jax.tree.map(jnp.multiply, inv_sqrt, x)
   return mul(matvec(mul(v)))
+
+
+def _layers(params: Any) -> dict[tuple, tuple[int, ...]]:
+  """Parent key path -> the indices of its leaves (a Dense layer's kernel and bias), in leaf order."""
+  groups: dict[tuple, list[int]] = {}
+  for i, (path, _) in enumerate(jax.tree_util.tree_flatten_with_path(params)[0]):
+    groups.setdefault(path[:-1], []).append(i)
+  return {path: tuple(leaves) for path, leaves in groups.items()}
+
+
+def layer_names(params: Any) -> list[str]:
+  """The layers of `layer_lambda_max`, in its order: "/"-joined parent key paths ("" for the root)."""
+  return ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path) for path in _layers(params)]
+
+
+@functools.cache
+def _block_matvec(treedef: Any, block: tuple[int, ...]) -> Callable:
+  """v_l ↦ (H [0, …, v_l, …, 0])_l, the diagonal block of layer `block` (one fixed function per
+  layer, so the host path's jitted Lanczos steps compile once)."""
+
+  def matvec(hess, params, v_block):
+    leaves = [jnp.zeros_like(x) for x in jax.tree.leaves(params)]
+    for i, x in zip(block, v_block):
+      leaves[i] = x
+    out = jax.tree.leaves(hess(jax.tree.unflatten(treedef, leaves)))
+    return [out[i] for i in block]
+
+  return matvec
+
+
+def _layer_lambda_max(hess: Callable, params: Any, key: jax.Array, num_iters: int, loop: str) -> jax.Array:
+  leaves, treedef = jax.tree.flatten(params)
+  values = []
+  for j, block in enumerate(_layers(params).values()):
+    sub = [leaves[i] for i in block]
+    iters = min(num_iters, sum(x.size for x in sub))
+    matvec = Partial(_block_matvec(treedef, block), hess, params)
+    values.append(curvature.lanczos_eigs(matvec, sub, jax.random.fold_in(key, j), iters, 1, loop=loop).top_values[0])
+  return jnp.stack(values)

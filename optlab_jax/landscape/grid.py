@@ -4,7 +4,7 @@
 it. Every point is a row of `coords`; the whole set runs as one jitted `jax.vmap` (peak memory:
 all points' activations at once) or, with `chunk_size`, as `jax.lax.map(..., batch_size=chunk_size)`
 (a vmap over `chunk_size` points at a time inside one scan, memory bounded by the chunk). On XLA
-CPU a convolution inside a scan runs 40–50× slower than plainly jitted (DESIGN.md), so with
+CPU a convolution inside a scan runs 40–50× slower than plainly jitted (docs/architecture.md), so with
 `loop="auto"` a chunked convolutional `fn` on CPU runs its one compiled chunk program from a Python
 loop instead; "scan" and "python" force either.
 """

@@ -56,7 +56,7 @@ class Problem:
     return self.metrics_fn(self.data, params)
 
   def extra_args(self, batch: Batch) -> dict[str, Callable]:
-    """The keyword arguments optimizers take in `update` for this batch (see DESIGN.md)."""
+    """The keyword arguments optimizers take in `update` for this batch (see docs/architecture.md)."""
     obj_fn = lambda p: self.loss(p, batch)
     return dict(
         obj_fn=obj_fn,
