@@ -58,8 +58,9 @@ def cross_entropy_reference(logits, labels):
 
 def test_names_and_registry_errors():
   assert problems.names() == [
-      "char_transformer", "cubic", "digits_cnn", "digits_mlp", "mnist1d_cnn", "mnist1d_mlp", "plateau", "quadratic",
-      "rosenbrock", "saddle", "tanh_vanishing", "teacher_student", "xcos",
+      "char_transformer", "cubic", "deep_chain", "digits_cnn", "digits_mlp", "mnist1d_cnn", "mnist1d_mlp",
+      "pinn_burgers", "pinn_poisson", "plateau", "quadratic", "rosenbrock", "saddle", "tanh_vanishing",
+      "teacher_student", "xcos",
   ]
   with pytest.raises(ValueError, match="unknown problem 'quadratc'; did you mean 'quadratic'"):
     problems.get("quadratc")

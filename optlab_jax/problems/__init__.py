@@ -11,7 +11,9 @@ import inspect
 from typing import Any, Callable
 
 from optlab_jax.checks import did_you_mean
-from optlab_jax.problems import char_transformer, digits, landscapes, mnist1d, teacher_student, test_functions
+from optlab_jax.problems import (
+    char_transformer, deep_chain, digits, landscapes, mnist1d, pinn, teacher_student, test_functions,
+)
 from optlab_jax.problems.base import Problem
 
 __all__ = ["Problem", "build", "get", "names"]
@@ -30,6 +32,9 @@ _FACTORIES: dict[str, Callable[..., Problem]] = {
     "xcos": landscapes.xcos,
     "plateau": landscapes.plateau,
     "tanh_vanishing": landscapes.tanh_vanishing,
+    "deep_chain": deep_chain.deep_chain,
+    "pinn_poisson": pinn.pinn_poisson,
+    "pinn_burgers": pinn.pinn_burgers,
 }
 
 
