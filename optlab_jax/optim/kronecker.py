@@ -157,7 +157,7 @@ def _newton_inverse_root(a: jax.Array, p: Any) -> jax.Array:
   X₀ = z^{1/p} I, M₀ = z A with z = (1 + p)/(2‖A‖_F); T = ((p + 1) I − M)/p, X ← X T,
   M ← Tᵖ M, until max|M − I| < tol (X → A^{-1/p}). Guo & Higham, 2006; Anil et al., 2020.
   """
-  eye = jnp.eye(a.shape[-1], dtype=a.dtype)
+  eye = jnp.eye(a.shape[-1], dtype=a.dtype)[None]
   p = jnp.asarray(p, a.dtype)
   tol = 1e-6 if a.dtype == jnp.float32 else 1e-12
   z = (1 + p) / (2 * jnp.linalg.norm(a, axis=(-2, -1), keepdims=True))
@@ -184,7 +184,7 @@ def inverse_root(factors: jax.Array, exponent: Any, damping: Any, method: str) -
   `method` "eigh": through the eigendecomposition; "newton": the coupled Newton iteration
   for p = −1/exponent (an integer). λ_max is floored at the dtype's tiny so that F = 0 stays finite.
   """
-  eye = jnp.eye(factors.shape[-1], dtype=factors.dtype)
+  eye = jnp.eye(factors.shape[-1], dtype=factors.dtype)[None]
   tiny = jnp.finfo(factors.dtype).tiny
   if method == "eigh":
     w, q = jnp.linalg.eigh(factors)

@@ -111,8 +111,10 @@ def scale_by_shampoo(
 
     def refresh(roots):
       def leaf(g, f, r):
+        if not f:
+          return r
         e = -1.0 / (2 * g.ndim) if exponent is None else exponent
-        return tuple(kronecker.inverse_root(x, e, damping, inverse_root) for x in f) if f else r
+        return tuple(kronecker.inverse_root(x, e, damping, inverse_root) for x in f)
       return jax.tree.map(leaf, updates, factors, roots)
 
     roots = base.every_k_steps(count, precondition_every, lambda r: (refresh(r),), state.roots)[0]
