@@ -13,7 +13,7 @@ import scipy.special
 from sklearn.datasets import load_digits
 from sklearn.preprocessing import StandardScaler
 
-from optlab_jax import problems
+from optlab_jax import problems, train
 from optlab_jax.problems import digits
 
 
@@ -156,7 +156,7 @@ def test_digits_mlp_loss_and_metrics_match_numpy():
   metrics = f.metrics(params)
   np.testing.assert_allclose(metrics["test_loss"], cross_entropy_reference(test_logits, test["y"]), rtol=1e-10)
   np.testing.assert_allclose(metrics["test_accuracy"], np.mean(test_logits.argmax(1) == test["y"]), rtol=1e-6)
-  assert problem.likelihood == "categorical" and not problem.has_conv
+  assert problem.likelihood == "categorical" and not train.has_conv(problem)
 
 
 def test_hand_set_linear_model_accuracy():
@@ -171,7 +171,7 @@ def test_hand_set_linear_model_accuracy():
 
 def test_digits_cnn_matches_numpy_convolutions():
   problem = problems.build("digits_cnn", channels=(3, 4), dtype="float64")
-  assert problem.has_conv
+  assert train.has_conv(problem)
   f = jitted(problem)
   params = f.init(jax.random.key(0))
   batch = f.sample(jax.random.key(1), 5)

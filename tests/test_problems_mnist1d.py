@@ -9,7 +9,7 @@ import numpy as np
 import scipy.special
 from mnist1d.data import get_dataset_args, make_dataset
 
-from optlab_jax import problems
+from optlab_jax import problems, train
 from optlab_jax.problems import mnist1d
 
 
@@ -47,7 +47,7 @@ def test_arrays_equal_make_dataset_and_global_rng_is_untouched():
 def test_mlp_and_cnn_match_numpy():
   mlp = problems.build("mnist1d_mlp", hidden=(16,), data_seed=7, dtype="float64")
   cnn = problems.build("mnist1d_cnn", data_seed=7, dtype="float64")
-  assert mlp.likelihood == cnn.likelihood == "categorical" and cnn.has_conv and not mlp.has_conv
+  assert mlp.likelihood == cnn.likelihood == "categorical" and train.has_conv(cnn) and not train.has_conv(mlp)
   test = mnist1d.load(7)["test"]
   p = jax.jit(mlp.init_params)(jax.random.key(0))
   layers = p["layers"]

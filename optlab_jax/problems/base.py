@@ -38,7 +38,6 @@ class Problem:
   metrics_fn: Callable[[Any, Params], dict[str, jax.Array]]  # (data, params) -> eval metrics
   data: Any = None                                    # pytree of arrays the functions above read
   likelihood: Likelihood = None                       # the output loss as a negative log-likelihood
-  has_conv: bool = False                              # convolutions are slow inside control flow on XLA CPU
   minimum: float | None = None                        # the optimal loss, where it is known
   info: dict = dataclasses.field(default_factory=dict)  # known facts (critical points, exact solutions)
 
@@ -99,7 +98,6 @@ def supervised_problem(
     train: Batch,
     test: Batch,
     likelihood: Literal["categorical", "gaussian"],
-    has_conv: bool = False,
 ) -> Problem:
   """A problem on a dataset {"x", "y"} split into train and test.
 
@@ -127,5 +125,4 @@ def supervised_problem(
       metrics_fn=metrics_fn,
       data={"train": train, "test": test},
       likelihood=likelihood,
-      has_conv=has_conv,
   )

@@ -75,5 +75,5 @@ def digits_cnn(channels: tuple[int, int] = (8, 16), dtype: Dtype = "float32") ->
       lambda rngs: models.CNN(IMAGE_SHAPE, tuple(channels), NUM_CLASSES, dtype=dtype, rngs=rngs)
   )
   train, test = _splits(dtype, IMAGE_SHAPE)
-  return supervised_problem("digits_cnn", init_params, model_fn, train, test, "categorical", has_conv=True)
+  return supervised_problem("digits_cnn", init_params, model_fn, train, test, "categorical")
 

@@ -83,4 +83,4 @@ def mnist1d_cnn(channels: int = 25, data_seed: int = 42, dtype: Dtype = "float32
       lambda rngs: models.CNN1D(LENGTH, layers, NUM_CLASSES, dtype=dtype, rngs=rngs)
   )
   train, test = _splits(data_seed, dtype, (LENGTH, 1))
-  return supervised_problem("mnist1d_cnn", init_params, model_fn, train, test, "categorical", has_conv=True)
+  return supervised_problem("mnist1d_cnn", init_params, model_fn, train, test, "categorical")
