@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import math
 import textwrap
@@ -226,3 +227,19 @@ def test_a_likelihood_contradicting_the_problems_is_an_error(tmp_path):
   assert error(path).startswith(f"{path}: optimizer.likelihood: likelihood='categorical' contradicts problem 'teacher_student'")
   path = write(tmp_path, TEACHER + "optimizer: {name: sophia_g, learning_rate: 0.1, likelihood: gaussian}\n")
   assert config.load(path).runs[0].config["optimizer"]["likelihood"] == "gaussian"  # agreeing is fine
+
+
+def test_the_config_package_imports_nothing_above_it():
+  # sweep imports config (Axis, expand, the builders); config importing sweep, train or cli is a cycle.
+  above = {"optlab_jax.sweep", "optlab_jax.cli", "optlab_jax.train", "optlab_jax.results", "optlab_jax.plots"}
+  paths = sorted((ROOT / "optlab_jax" / "config").glob("*.py"))
+  assert len(paths) >= 6 and not (ROOT / "optlab_jax" / "config.py").exists()
+  for path in paths:
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module:
+        imported = {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+      elif isinstance(node, ast.Import):
+        imported = {a.name for a in node.names}
+      else:
+        continue
+      assert not imported & above, f"{path.name} imports {imported & above}"
