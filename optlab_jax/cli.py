@@ -78,7 +78,7 @@ def _listing(what: str) -> list[tuple[str, str]]:
     return [(n, _sentence(f.__doc__)) for n, f in config.schedule_factories().items()]
   if what == "metrics":
     descriptions = _metric_descriptions()
-    return [(n, _sentence(descriptions[n])) for n in monitor.METRICS]
+    return [(n, _sentence(descriptions.get(n))) for n in monitor.METRICS]
   if what == "configs":
     return [(str(p), _question(p)) for p in sorted(_project_dir("configs").glob("*.yaml"))]
   paths = sorted(_project_dir("experiments").glob("*.py"))
