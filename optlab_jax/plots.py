@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from matplotlib.figure import Figure
 
-from optlab_jax import monitor, results
+from optlab_jax import landscape_plots, monitor, results
 
 _TITLES = {"train_loss": "train loss (per step)", "monitor.eos_ratio": "λ_max / stability edge"}
 _EDGES: dict[str, Callable[[dict], float | None]] = {
@@ -116,4 +116,4 @@ def plot(directory: str | Path, out: str | Path | None = None) -> list[Path]:
     path = out / f"{name.replace('.', '_')}.png"
     figure(name, lines).savefig(path, dpi=120)
     paths.append(path)
-  return paths
+  return paths + landscape_plots.plot_directory(directory, out)  # spectral densities, landscape/*.npz

@@ -5,9 +5,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from jax.flatten_util import ravel_pytree
 
-from optlab_jax import landscape, problems
+from optlab_jax import landscape, landscape_plots, problems, results, train
+from optlab_jax.monitor import Monitor, layer_names
 from optlab_jax.problems import models
 
 
@@ -195,3 +198,90 @@ def test_bad_arguments_name_themselves():
     landscape.slice_1d(lambda p: jnp.sum(p["x"]), params, params, [0.0, 1.0], chunk_size=0)
   with pytest.raises(ValueError, match="at least 2"):
     landscape.pca_directions({"x": jnp.ones((1, 3))})
+
+
+def _tiny_classifier():
+  """A 4 → 5 → 3 tanh MLP (43 params) on fixed data, its loss, and its dense Hessian's eigenvalues."""
+  keys = jax.random.split(jax.random.key(5), 5)
+  params = {"l1": {"w": jax.random.normal(keys[0], (4, 5), jnp.float64), "b": 0.1 * jax.random.normal(keys[1], (5,), jnp.float64)},
+            "l2": {"w": jax.random.normal(keys[2], (5, 3), jnp.float64), "b": jnp.zeros(3, jnp.float64)}}
+  x, y = jax.random.normal(keys[3], (12, 4), jnp.float64), jax.random.randint(keys[4], (12,), 0, 3)
+
+  def loss(p, batch=None):
+    logits = jnp.tanh(x @ p["l1"]["w"] + p["l1"]["b"][None]) @ p["l2"]["w"] + p["l2"]["b"][None]
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0])
+
+  flat, unravel = ravel_pytree(params)
+  hess = np.asarray(jax.jit(jax.hessian(lambda v: loss(unravel(v))))(flat))
+  return params, loss, hess
+
+
+def test_monitor_spectral_density_and_layer_lambda_max_match_the_dense_hessian():
+  params, loss, hess = _tiny_classifier()
+  n = hess.shape[0]
+  out = Monitor(["spectral_density", "layer_lambda_max"], loss, lanczos_iters=n, slq_probes=2)(
+      params, params, params, None, None, 3)
+  nodes, weights = np.asarray(out["spectral_density"])
+  assert nodes.shape == weights.shape == (2, n)
+  eig = np.linalg.eigvalsh(hess)
+  for probe in range(2):  # n Lanczos steps: the quadrature nodes are H's n eigenvalues
+    np.testing.assert_allclose(np.sort(nodes[probe]), eig, atol=1e-8 * np.abs(eig).max())
+  np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-10)
+  # ravel_pytree orders leaves as tree.flatten does: l1/b (5), l1/w (20), l2/b (3), l2/w (15).
+  blocks = [np.r_[0:25], np.r_[25:43]]
+  want = [np.linalg.eigvalsh(hess[np.ix_(b, b)])[-1] for b in blocks]
+  np.testing.assert_allclose(out["layer_lambda_max"], want, rtol=1e-8)
+  assert layer_names(params) == ["l1", "l2"]
+
+
+@pytest.mark.parametrize("vmapped", [False, True])
+def test_array_valued_monitor_metrics_reach_the_history(vmapped):
+  problem, rows, _ = _quadratic(dim=5)
+  monitor = Monitor(["spectral_density", "layer_lambda_max", "lambda_max"], problem.loss, lanczos_iters=5)
+  kwargs = dict(steps=4, monitor=monitor, monitor_every=2)
+  if vmapped:
+    histories = train.fit_vmapped(problem, lambda learning_rate: optax.sgd(learning_rate), {"learning_rate": [0.01, 0.02]},
+                                  [0, 1], **kwargs)
+  else:
+    histories = [train.fit(problem, optax.sgd(0.01), **kwargs)]
+  eig = np.linalg.eigvalsh(rows.T @ rows)  # the quadratic's Hessian, the same at every step
+  for history in histories:
+    density = history.monitor["spectral_density"]
+    assert density.shape == (2, 2, 1, 5) and history.monitor["layer_lambda_max"].shape == (2, 1)
+    np.testing.assert_allclose(np.sort(density[:, 0, 0], axis=-1), np.broadcast_to(eig, (2, 5)), rtol=1e-8)
+    np.testing.assert_allclose(history.monitor["layer_lambda_max"][:, 0], eig[-1], rtol=1e-8)
+    np.testing.assert_allclose(history.monitor["lambda_max"], eig[-1], rtol=1e-8)
+
+
+def test_spectral_density_figure_draws_the_gaussian_mixture_and_the_exact_eigenvalues():
+  nodes, weights = np.array([[0.0, 1.0, 5.0]]), np.array([[0.5, 0.3, 0.2]])
+  exact = np.array([0.0, 0.9, 1.1, 5.0])
+  fig = landscape_plots.spectral_density(nodes, weights, exact=exact, sigma=0.1)
+  slq, reference, ticks = fig.axes[0].get_lines()
+  grid = slq.get_xdata()
+  mixture = lambda c, w: np.sum(w * np.exp(-0.5 * ((grid[:, None] - c) / 0.1) ** 2), axis=1) / (0.1 * np.sqrt(2 * np.pi))
+  np.testing.assert_allclose(slq.get_ydata(), np.maximum(mixture(nodes[0], weights[0]), 1e-12), rtol=1e-6)
+  np.testing.assert_allclose(reference.get_ydata(), np.maximum(mixture(exact, 0.25), 1e-12), rtol=1e-6)
+  np.testing.assert_allclose(ticks.get_xdata(), exact)
+  assert fig.axes[0].get_yscale() == "log" and grid[0] <= -0.5 and grid[-1] >= 5.5
+
+
+def test_plot_directory_draws_the_monitor_density_and_every_saved_landscape(tmp_path):
+  history = train.History(
+      loss=np.ones(4), eval_steps=np.array([4]), eval={"loss": np.ones(1)}, monitor_steps=np.array([2, 4]),
+      monitor={"spectral_density": np.stack([np.stack([[[0.0, 2.0]], [[0.5, 0.5]]])] * 2)}, final={"loss": 1.0},
+      status="ok", diverged_at=None, params=None, loop="scan", wall_time=1.0, compile_time=0.1)
+  cfg = {"problem": {"name": "quadratic"}, "optimizer": {"name": "sgd", "learning_rate": 0.1}, "train": {"steps": 4},
+         "monitor": None, "seed": 0}
+  record = results.Store(tmp_path).add(cfg, "sgd", history)
+  xs, ys = np.linspace(-1, 1, 5), np.linspace(-1, 1, 4)
+  trajectory = np.array([[0.5, 0.5], [0.2, 0.1], [0.0, 0.0]])
+  landscape_plots.save(tmp_path, "run0", slice2d_xs=xs, slice2d_ys=ys, slice2d_loss=1 + np.add.outer(ys**2, xs**2),
+                       trajectory=trajectory, explained=[0.9, 0.05], interp_alphas=xs, interp_loss=xs**2)
+  paths = landscape_plots.plot_directory(tmp_path)
+  assert sorted(p.name for p in paths) == sorted([f"spectral_density_{record['point']}.png", "landscape_run0_slice2d.png",
+                                                  "landscape_run0_interpolation.png"])
+  assert all(p.stat().st_size > 10_000 for p in paths)
+  fig = landscape_plots.contour(xs, ys, 1 + np.add.outer(ys**2, xs**2), trajectory=trajectory)
+  path_line = fig.axes[0].get_lines()[0]
+  np.testing.assert_allclose(np.c_[path_line.get_xdata(), path_line.get_ydata()], trajectory)

@@ -3,7 +3,7 @@
   directions  `random_direction` / `filter_normalize` (Li et al., 2018) and `pca_directions` of a
               saved trajectory, with the trajectory projected on them
   grid        `evaluate` (any function of the params on many points as one compiled, vmapped or
-              chunked program), `slice_1d`, `slice_2d`
+              chunked program), `slice_1d`, `slice_2d`, `peak_bytes` (its memory)
   paths       `interpolate` with the monotonic-linear-interpolation statistics, `connect` (a
               trained Bézier curve between two minima) and the barriers of both paths
 
@@ -17,11 +17,11 @@ from optlab_jax.landscape.directions import (
     pca_directions,
     random_direction,
 )
-from optlab_jax.landscape.grid import evaluate, shift, slice_1d, slice_2d
+from optlab_jax.landscape.grid import evaluate, peak_bytes, shift, slice_1d, slice_2d
 from optlab_jax.landscape.paths import Connection, Interpolation, barrier, connect, interpolate, max_bump
 
 __all__ = [
     "NORMALIZATIONS", "Connection", "Interpolation", "PCADirections", "barrier", "connect",
-    "evaluate", "filter_normalize", "interpolate", "max_bump", "pca_directions", "random_direction", "shift",
+    "evaluate", "filter_normalize", "interpolate", "max_bump", "pca_directions", "peak_bytes", "random_direction", "shift",
     "slice_1d", "slice_2d",
 ]

@@ -21,7 +21,7 @@ import numpy as np
 from optlab_jax import checks
 from optlab_jax.curvature.loops import LOOPS, has_primitive
 
-__all__ = ["evaluate", "slice_1d", "slice_2d", "shift"]
+__all__ = ["evaluate", "peak_bytes", "slice_1d", "slice_2d", "shift"]
 
 
 def shift(origin: Any, directions: Sequence[Any], c: jax.Array) -> Any:
@@ -106,3 +106,12 @@ def slice_2d(fn: Callable[..., Any], params: Any, direction_x: Any, direction_y:
   coords = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
   values = evaluate(fn, params, (direction_x, direction_y), coords, **kwargs)
   return jax.tree.map(lambda v: v.reshape(len(ys), len(xs), *v.shape[1:]), values)
+
+
+def peak_bytes(fn: Callable[..., Any], origin: Any, directions: Sequence[Any], coords: Any, *, args: tuple = (),
+               chunk_size: int | None = None) -> int:
+  """XLA's estimate of the scratch and output memory of `evaluate`'s one program (the "scan"
+  path): what `chunk_size` bounds. Compiles the program ahead of time, without running it."""
+  compiled = _all_points.lower(fn, origin, tuple(directions), jnp.asarray(coords), tuple(args), chunk_size).compile()
+  memory = compiled.memory_analysis()
+  return int(memory.temp_size_in_bytes + memory.output_size_in_bytes)
