@@ -125,7 +125,7 @@ def load(path: str, overrides: collections.abc.Sequence[str] = ()) -> Experiment
       continue
     runs += [Run({**resolved, "seed": seed}, axes) for seed in spec.seeds]
   if found:
-    source, kept = Source(path, sets), pruned([e for e, _ in found])
-    messages = [source.message(e, axes) for e, axes in found if any(e is k for k in kept)]
+    source, kept = Source(path, sets), {id(e) for e in pruned([e for e, _ in found])}
+    messages = [source.message(e, axes) for e, axes in found if id(e) in kept]
     raise ConfigError(list(dict.fromkeys(messages)))
   return Experiment(path, runs)
