@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -122,7 +123,7 @@ def use_compilation_cache(path: str) -> None:
   and the eval metrics of one problem, say), then loads it instead of compiling it again. Call
   it before anything compiles: JAX decides whether to use the cache at its first compilation.
   """
-  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(path).resolve()))  # later chdirs
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small programs add up
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
