@@ -167,8 +167,8 @@ def test_factors_equal_dense_definitions(block_size):
   for k in sums:
     for (j, i), dense in sums[k].items():
       n = len(dense)  # padded rows and columns of a short block stay zero
-      np.testing.assert_allclose(state.factors[k][i][j][:n, :n], dense, rtol=1e-12)
-      assert not np.any(state.factors[k][i][j][n:]) and not np.any(state.factors[k][i][j][:, n:])
+      np.testing.assert_allclose(state.factors[i][k][j][:n, :n], dense, rtol=1e-12)
+      assert not np.any(state.factors[i][k][j][n:]) and not np.any(state.factors[i][k][j][:, n:])
 
 
 @pytest.mark.parametrize("method", ["eigh", "newton"])

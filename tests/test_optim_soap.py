@@ -98,9 +98,9 @@ def test_factors_and_first_eigenbasis_equal_dense_definitions():
     ema = [0.8 * e + 0.2 * d for e, d in zip(ema, dense)]
     if step == 0:
       first = [np.linalg.eigh(d)[1][:, ::-1] for d in ema]
-      for q, want in zip(state.bases["w"], first):  # columns up to sign
+      for q, want in zip([b["w"] for b in state.bases], first):  # columns up to sign
         np.testing.assert_allclose(np.abs(q[0].T @ want), np.eye(len(want)), atol=1e-10)
-  for f, want in zip(state.factors["w"], ema):
+  for f, want in zip([f["w"] for f in state.factors], ema):
     np.testing.assert_allclose(f[0], want, rtol=1e-12)
 
 

@@ -16,10 +16,10 @@ __all__ = ["ScaleByShampooState", "scale_by_shampoo", "shampoo"]
 
 
 class ScaleByShampooState(NamedTuple):
-  """State of `scale_by_shampoo`; `factors` and `roots` hold () for fallback leaves."""
+  """State of `scale_by_shampoo`; `factors` and `roots` are laid out by `kronecker.zip_axes`."""
   adam: optax.ScaleByAdamState  # count; EMAs of g and g² for every leaf (momentum, graft, fallback).
-  factors: Any                  # per leaf, tuple of F_i: EMA (or sum) of G_(i) G_(i)ᵀ, (N, b_i, b_i).
-  roots: Any                    # per leaf, tuple of (F_i + ε λ_max I)^e from the last refresh.
+  factors: tuple                # per axis i, a params tree of F_i = EMA (or sum) of G_(i) G_(i)ᵀ.
+  roots: tuple                  # per axis i, a params tree of (F_i + ε λ_max I)^e at the last refresh.
 
 
 def _graft(blocks: jax.Array, reference: jax.Array) -> jax.Array:
@@ -85,52 +85,39 @@ def scale_by_shampoo(
         raise ValueError(f"exponent={exponent!r} needs an integer -1/exponent for inverse_root='newton'")
   adam = optax.scale_by_adam(b1, b2, eps)
 
-  def preconditioned(p):
-    return kronecker.is_preconditioned(p, max_precond_dim, block_size)
-
   def init_fn(params):
-    def factors(p, eye: bool):
-      if not preconditioned(p):
-        return ()
-      n, *dims = jax.eval_shape(lambda x: kronecker.to_blocks(x, block_size), p).shape
-      dtype = kronecker.precond_dtype(precond_dtype, p.dtype)
-      make = lambda b: jnp.broadcast_to(jnp.eye(b, dtype=dtype), (n, b, b)) if eye else jnp.zeros((n, b, b), dtype)
-      return tuple(make(b) for b in dims)
-
-    return ScaleByShampooState(adam.init(params), jax.tree.map(lambda p: factors(p, False), params),
-                               jax.tree.map(lambda p: factors(p, True), params))
+    init = lambda eye: kronecker.init_factors(params, max_precond_dim, block_size, precond_dtype, eye)
+    return ScaleByShampooState(adam.init(params), init(False), init(True))
 
   def update_fn(updates, state, params=None):
     del params
-    count = state.adam.count
     adam_updates, adam_state = adam.update(updates, state.adam)
     m_hat = optax.tree.bias_correction(adam_state.mu, b1, adam_state.count)
-    factors = jax.tree.map(
-        lambda g, f: f and kronecker.update_factors(f, kronecker.to_blocks(g, block_size), factor_decay),
-        updates, state.factors)
+    grads, treedef = jax.tree.flatten(updates)
+    factors = [f and kronecker.update_factors(f, kronecker.to_blocks(g, block_size), factor_decay)
+               for g, f in zip(grads, kronecker.unzip_axes(state.factors, updates))]
 
     def refresh(roots):
-      def leaf(g, f, r):
-        if not f:
-          return r
+      def leaf(g, f):
         e = -1.0 / (2 * g.ndim) if exponent is None else exponent
         return tuple(kronecker.inverse_root(x, e, damping, inverse_root) for x in f)
-      return jax.tree.map(leaf, updates, factors, roots)
+      return kronecker.zip_axes([f and leaf(g, f) for g, f in zip(grads, factors)], updates, roots),
 
-    roots = base.every_k_steps(count, precondition_every, lambda r: (refresh(r),), state.roots)[0]
+    roots, = base.every_k_steps(state.adam.count, precondition_every, refresh, state.roots)
 
-    def direction(m, a, r):
+    def direction(g, m, a, r):
       if not r:
-        return m if graft == "sgd" else a
+        return (m if graft == "sgd" else a).astype(g.dtype)
       blocks = kronecker.apply_per_axis(kronecker.to_blocks(m.astype(r[0].dtype), block_size), r)
       if graft != "none":
         reference = kronecker.to_blocks((a if graft == "adam" else m).astype(r[0].dtype), block_size)
         blocks = _graft(blocks, reference)
-      return kronecker.from_blocks(blocks, m.shape, block_size)
+      return kronecker.from_blocks(blocks, m.shape, block_size).astype(g.dtype)
 
-    out = jax.tree.map(lambda g, m, a, r: direction(m, a, r).astype(g.dtype),
-                       updates, m_hat, adam_updates, roots)
-    return out, ScaleByShampooState(adam_state, factors, roots)
+    out = map(direction, grads, treedef.flatten_up_to(m_hat), treedef.flatten_up_to(adam_updates),
+              kronecker.unzip_axes(roots, updates))
+    factors = kronecker.zip_axes(factors, updates, state.factors)
+    return treedef.unflatten(list(out)), ScaleByShampooState(adam_state, factors, roots)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

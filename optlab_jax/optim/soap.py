@@ -16,12 +16,12 @@ __all__ = ["ScaleBySoapState", "scale_by_soap", "soap"]
 
 
 class ScaleBySoapState(NamedTuple):
-  """State of `scale_by_soap`; `factors` and `bases` hold () for fallback leaves."""
+  """State of `scale_by_soap`; `factors` and `bases` are laid out by `kronecker.zip_axes`."""
   count: jax.Array     # int32 scalar: updates so far (the first one only starts the factors).
   mu: optax.Updates    # EMA of g in parameter space; tree of params.
   nu: Any              # EMA of (Qᵀ g)² in the eigenbasis: blocks (N, b_1, …, b_k), or the leaf's shape.
-  factors: Any         # per leaf, tuple of F_i: EMA of G_(i) G_(i)ᵀ, (N, b_i, b_i).
-  bases: Any           # per leaf, tuple of Q_i: eigenbases of F_i, columns by descending eigenvalue.
+  factors: tuple       # per axis i, a params tree of F_i = EMA of G_(i) G_(i)ᵀ, (N, b_i, b_i).
+  bases: tuple         # per axis i, a params tree of Q_i: F_i's eigenbasis, by descending eigenvalue.
 
 
 def scale_by_soap(
@@ -64,60 +64,51 @@ def scale_by_soap(
   block_size = kronecker.check_structural("block_size", block_size)
   max_precond_dim = kronecker.check_structural("max_precond_dim", max_precond_dim)
 
+  def preconditioned(p):
+    return kronecker.is_preconditioned(p, max_precond_dim, block_size)
+
   def init_fn(params):
-    def leaf(p, eye: bool):
-      if not kronecker.is_preconditioned(p, max_precond_dim, block_size):
-        return ()
-      n, *dims = jax.eval_shape(lambda x: kronecker.to_blocks(x, block_size), p).shape
-      dtype = kronecker.precond_dtype(precond_dtype, p.dtype)
-      make = lambda b: jnp.broadcast_to(jnp.eye(b, dtype=dtype), (n, b, b)) if eye else jnp.zeros((n, b, b), dtype)
-      return tuple(make(b) for b in dims)
-
-    def nu(p):
-      if not kronecker.is_preconditioned(p, max_precond_dim, block_size):
-        return jnp.zeros_like(p)
-      return jnp.zeros(jax.eval_shape(lambda x: kronecker.to_blocks(x, block_size), p).shape, p.dtype)
-
-    return ScaleBySoapState(
-        jnp.zeros([], jnp.int32), optax.tree.zeros_like(params), jax.tree.map(nu, params),
-        jax.tree.map(lambda p: leaf(p, False), params), jax.tree.map(lambda p: leaf(p, True), params))
+    init = lambda eye: kronecker.init_factors(params, max_precond_dim, block_size, precond_dtype, eye)
+    blocked = lambda p: jax.eval_shape(lambda x: kronecker.to_blocks(x, block_size), p).shape
+    nu = jax.tree.map(lambda p: jnp.zeros(blocked(p) if preconditioned(p) else p.shape, p.dtype), params)
+    return ScaleBySoapState(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params), nu, init(False), init(True))
 
   def update_fn(updates, state, params=None):
     del params
     first = state.count == 0
     steps = jnp.maximum(state.count, 1)
+    grads, treedef = jax.tree.flatten(updates)
+    bases = kronecker.unzip_axes(state.bases, updates)
 
-    def rotate(x, q, back=False):
-      return kronecker.apply_per_axis(x, q, transpose=not back) if q else x
-
-    def blocks(x, q):
-      return kronecker.to_blocks(x.astype(q[0].dtype), block_size) if q else x
+    def rotate(x, q):
+      """x's blocks in the eigenbasis (Qᵀ on every axis); x itself for a fallback leaf."""
+      if not q:
+        return x
+      return kronecker.apply_per_axis(kronecker.to_blocks(x.astype(q[0].dtype), block_size), q, transpose=True)
 
     mu = optax.tree.cast_like(optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
-    nu = jax.tree.map(
-        lambda g, v, q: (b2 * v + (1 - b2) * jnp.square(rotate(blocks(g, q), q))).astype(v.dtype),
-        updates, state.nu, state.bases)
+    mus, nus = treedef.flatten_up_to(mu), treedef.flatten_up_to(state.nu)
+    nus = [(b2 * v + (1 - b2) * jnp.square(rotate(g, q))).astype(v.dtype) for g, v, q in zip(grads, nus, bases)]
 
     def direction(g, m, v, q):
-      m_hat = rotate(blocks(m, q), q) / (1 - b1 ** steps)
-      n = m_hat / (jnp.sqrt(v / (1 - b2 ** steps)) + eps)
-      d = kronecker.from_blocks(rotate(n, q, back=True), g.shape, block_size) if q else n
-      return jnp.where(first, 0, d).astype(g.dtype)
+      n = (rotate(m, q) / (1 - b1 ** steps)) / (jnp.sqrt(v / (1 - b2 ** steps)) + eps)
+      if q:
+        n = kronecker.from_blocks(kronecker.apply_per_axis(n, q), g.shape, block_size)
+      return jnp.where(first, 0, n).astype(g.dtype)
 
-    out = jax.tree.map(direction, updates, mu, nu, state.bases)
+    out = treedef.unflatten(list(map(direction, grads, mus, nus, bases)))
     mu = jax.tree.map(lambda new, old: jnp.where(first, old, new), mu, state.mu)
-    nu = jax.tree.map(lambda new, old: jnp.where(first, old, new), nu, state.nu)
+    nu = jax.tree.map(lambda new, old: jnp.where(first, old, new), treedef.unflatten(nus), state.nu)
     decay = b2 if factor_decay is None else factor_decay
-    factors = jax.tree.map(
-        lambda g, f: f and kronecker.update_factors(f, kronecker.to_blocks(g, block_size), decay),
-        updates, state.factors)
+    factors = [f and kronecker.update_factors(f, kronecker.to_blocks(g, block_size), decay)
+               for g, f in zip(grads, kronecker.unzip_axes(state.factors, updates))]
 
     def leaf_refresh(g, f, q, v, start: bool):
       if not f:
         return q, v
       pads = kronecker.padding_masks(g.shape, block_size)
       if start:
-        return tuple(kronecker.eigenbasis(x, pad) for x, pad in zip(f, pads)), v
+        return tuple(map(kronecker.eigenbasis, f, pads)), v
       new_q = []
       for i, (x, qi, pad) in enumerate(zip(f, q, pads)):
         qi, order = kronecker.power_qr_basis(x, qi, pad)
@@ -126,18 +117,17 @@ def scale_by_soap(
         new_q.append(qi)
       return tuple(new_q), v
 
-    treedef = jax.tree.structure(updates)
-
     def refresh(bases, nu):
       def run(start):
         def fn(bases, nu):
-          leaves = zip(*(treedef.flatten_up_to(t) for t in (updates, factors, bases, nu)))
+          leaves = zip(grads, factors, kronecker.unzip_axes(bases, updates), treedef.flatten_up_to(nu))
           new_bases, new_nu = zip(*(leaf_refresh(*leaf, start) for leaf in leaves))
-          return treedef.unflatten(new_bases), treedef.unflatten(new_nu)
+          return kronecker.zip_axes(list(new_bases), updates, bases), treedef.unflatten(list(new_nu))
         return fn
       return jax.lax.cond(first, run(True), run(False), bases, nu)
 
     bases, nu = base.every_k_steps(state.count, precondition_every, refresh, state.bases, nu)
+    factors = kronecker.zip_axes(factors, updates, state.factors)
     return out, ScaleBySoapState(optax.safe_increment(state.count), mu, nu, factors, bases)
 
   return optax.GradientTransformation(init_fn, update_fn)
