@@ -47,8 +47,12 @@ def deep_chain(
     data_seed: int = 0,
     dtype: Dtype = "float32",
 ) -> Problem:
-  """Depth-`depth` chain of `width`×`width` matrices (see the module docstring); x ~ N(0, I) from
-  `data_seed`, y = x. The minimum of the linear chain is 0 (at any P = I)."""
+  """A chain h_l = σ(h_{l−1} W_l) of `depth` `width`×`width` matrices fitted to y = x, whose gradient
+  grows or vanishes like w^L.
+
+  x ~ N(0, I) from `data_seed`; see the module docstring for the closed form. The minimum of the
+  linear chain is 0 (at any P = I).
+  """
   checks.check_positive_int("depth", depth)
   checks.check_positive_int("width", width)
   checks.check_choice("activation", activation, ("linear", "tanh"))

@@ -37,9 +37,11 @@ def embedding_regression(
     data_seed: int = 0,
     dtype: Dtype = "float32",
 ) -> Problem:
-  """Matrix-factorisation regression (see the module docstring); inputs x = [n, 2] int32 (user,
-  item), targets y = [n, 1]; init U, V ~ init_scale · N(0, 1). The expected test loss of any
-  model is at least ½ noise²."""
+  """Ratings ⟨U_u, V_i⟩ from two embedding tables, fitted by ½ mean (r − y)²; a batch touches few rows.
+
+  Inputs x = [n, 2] int32 (user, item), targets y = [n, 1]; init U, V ~ init_scale · N(0, 1).
+  The expected test loss of any model is at least ½ noise².
+  """
   for name, value in (("num_users", num_users), ("num_items", num_items), ("dim", dim), ("rank", rank),
                       ("num_train", num_train), ("num_test", num_test)):
     checks.check_positive_int(name, value)

@@ -132,8 +132,11 @@ def pinn_poisson(
     data_seed: int = 0,
     dtype: Dtype = "float32",
 ) -> Problem:
-  """Poisson's equation on [0, 1]^dim (see the module docstring); points uniform, from `data_seed`;
-  a boundary point is a uniform point with one random coordinate set to 0 or 1."""
+  """A PINN for −Δu = dπ² ∏ sin(πx_k) on [0, 1]^dim, u = 0 on the boundary (u* = ∏ sin(πx_k)).
+
+  Points are uniform, from `data_seed`; a boundary point is a uniform point with one random
+  coordinate set to 0 or 1.
+  """
   checks.check_positive_int("dim", dim)
   _counts(num_interior, num_boundary, num_test)
   rng = np.random.default_rng(data_seed)
@@ -155,8 +158,12 @@ def pinn_burgers(
     data_seed: int = 0,
     dtype: Dtype = "float32",
 ) -> Problem:
-  """Viscous Burgers with the exact travelling front (see the module docstring); points (x, t)
-  uniform on [−1, 1] × [0, 1]; boundary points split evenly between t = 0 and x = ±1."""
+  """A PINN for viscous Burgers u_t + u·u_x = ν·u_xx, with an exact travelling front as initial and
+  boundary data.
+
+  Points (x, t) are uniform on [−1, 1] × [0, 1]; boundary points split evenly between t = 0 and
+  x = ±1.
+  """
   checks.check_positive("nu", nu)
   _counts(num_interior, num_boundary, num_test)
   rng = np.random.default_rng(data_seed)
