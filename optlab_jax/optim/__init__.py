@@ -6,6 +6,7 @@ aliases); the names each lists in `__all__` are re-exported, so `optlab_jax.opti
 `names()` lists them all. A new optimizer is a new module, imported and listed here.
 """
 
+from optlab_jax.optim.base import with_full_params
 from optlab_jax.optim.registry import get, names, register
 
 # first order
@@ -30,7 +31,7 @@ MODULES = (
     psgd_kron, muon, schedule_free, learning_rate_free, adam_variants, sign_and_factored,
 )
 
-__all__ = ["MODULES", "get", "names", "register"]
+__all__ = ["MODULES", "get", "names", "register", "with_full_params"]
 for _module in MODULES:
   for _name in _module.__all__:
     globals()[_name] = getattr(_module, _name)
