@@ -12,6 +12,7 @@ from jax.flatten_util import ravel_pytree
 from optlab_jax import curvature
 from optlab_jax.curvature.loops import apply
 from optlab_jax import optim
+from optlab_jax.optim import preconditioner
 from optlab_jax.monitor import METRICS, Monitor, preconditioned_stability_edge, stability_edge
 from tests import curvature_models as M
 
@@ -55,7 +56,7 @@ def _call(monitor, ctx, step=7):
 def test_monitor_matches_dense_oracles(model):
   args, ctx = _setup(model)
   metrics = [m for m in METRICS if m != "trace"]
-  out = _call(Monitor(metrics, lanczos_iters=80, top_k=3, **args), ctx)
+  out = _call(Monitor(metrics, lanczos_iters=80, top_k=3, optimizer={"name": "adam"}, **args), ctx)
   eig, vec = np.linalg.eigh(ctx["hess"])
   g, u, h = np.asarray(ctx["g"]), np.asarray(ctx["u"]), ctx["hess"]
   nu = ravel_pytree(ctx["state"][0].nu)[0]
@@ -64,6 +65,8 @@ def test_monitor_matches_dense_oracles(model):
   expected = {
       "lambda_max": eig[-1], "lambda_min": eig[0], "eos_ratio": LR * eig[-1] / 2,
       "preconditioned_lambda_max": np.linalg.eigvalsh(d[:, None] * h * d[None, :])[-1],
+      # Cohen et al. 2022's edge for Adam, (2 + 2β1)/((1 − β1) lr), with optax.adam's β1 = 0.9.
+      "preconditioned_eos_ratio": np.linalg.eigvalsh(d[:, None] * h * d[None, :])[-1] * 0.1 * LR / 3.8,
       "directional_sharpness": u @ h @ u / (u @ u),
       "gradient_correlation": -(g @ u) / (np.linalg.norm(g) * np.linalg.norm(u)),
       "top_k_gradient_fraction": np.sum((vec[:, -3:].T @ g) ** 2) / (g @ g),
@@ -74,14 +77,17 @@ def test_monitor_matches_dense_oracles(model):
     np.testing.assert_allclose(float(out[name]), value, rtol=1e-6, err_msg=name)
 
 
-def test_trace_within_three_standard_errors():
+def test_trace_within_three_standard_errors_it_reports():
   args, ctx = _setup("mlp")
-  samples = 400
+  samples = 40
   out = _call(Monitor(["trace"], trace_samples=samples, **args), ctx)
   h = ctx["hess"]
-  # Rademacher Hutchinson variance per probe: 2 Σ_{i≠j} H_ij².
+  # Rademacher Hutchinson variance per probe: 2 Σ_{i≠j} H_ij²; 40 probes estimate it within ~50%.
   stderr = np.sqrt(2 * (np.sum(h**2) - np.sum(np.diag(h) ** 2)) / samples)
-  assert abs(float(out["trace"]) - np.trace(h)) < 3 * stderr
+  assert abs(float(out["trace"]) - np.trace(h)) < 3 * float(out["trace_stderr"])
+  assert 0.5 < float(out["trace_stderr"]) / stderr < 1.5
+  exact = _call(Monitor(["trace"], trace_samples=h.shape[0], **args), ctx)    # unit vectors: exact
+  assert abs(float(exact["trace"]) - np.trace(h)) < 1e-10 * abs(np.trace(h)) and float(exact["trace_stderr"]) == 0
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
@@ -123,8 +129,10 @@ def test_bad_arguments_raise():
   with pytest.raises(ValueError, match="top_k"):
     Monitor(["top_k_gradient_fraction"], loss_fn=lambda p, b: 0.0, lanczos_iters=5, top_k=6)
   args, ctx = _setup("mlp", steps=1)
-  with pytest.raises(ValueError, match="Adam family"):
-    Monitor(["preconditioned_lambda_max"], **args)(ctx["params"], ctx["grads"], ctx["updates"], (), None, 0)
+  with pytest.raises(ValueError, match=r"need Monitor\(optimizer="):
+    Monitor(["preconditioned_lambda_max"], **args)
+  with pytest.raises(ValueError, match="preconditioned_eos_ratio needs"):
+    Monitor(["preconditioned_eos_ratio"], optimizer={"name": "sgd"}, preconditioner=lambda s: s, **args)
 
 
 def _late_growth(tx, lam, steps=600):
@@ -186,3 +194,103 @@ def test_stability_edges_closed_forms_and_none():
   for name in ("lamb", "novograd", "lars", "radam", "newton_cg"):
     assert stability_edge({"name": name, "learning_rate": lr}) is None
     assert preconditioned_stability_edge({"name": name, "learning_rate": lr}) is None
+
+
+# name -> (hyperparameters, numpy transcription of the update rule's denominator P from the state
+# node). Non-default hyperparameters check that they reach the preconditioner.
+def _adam_p(s, b2=0.99, eps=1e-3):
+  return np.sqrt(s.nu / (1 - b2 ** int(s.count))) + eps
+
+
+PRECONDITIONED = {
+    "adam": (dict(b2=0.99, eps=1e-3), _adam_p),
+    "nadam": (dict(b2=0.99, eps=1e-3), _adam_p),
+    "adamw": (dict(b2=0.99, eps=1e-3), _adam_p),
+    "adam_l2": (dict(b2=0.99, eps=1e-3), _adam_p),
+    "lazy_adam": (dict(b2=0.99, eps=1e-3), _adam_p),
+    "amsgrad": (dict(eps=1e-3, eps_root=1e-4), lambda s: np.sqrt(s.nu_max + 1e-4) + 1e-3),
+    "adagrad": (dict(eps=1e-3), lambda s: np.sqrt(s.sum_of_squares + 1e-3)),
+    "rmsprop": (dict(eps=1e-3, decay=0.8), lambda s: np.sqrt(s.nu + 1e-3)),
+    "rmsprop_centered": (dict(eps=1e-3, decay=0.8, centered=True, bias_correction=True),
+                         lambda s: np.sqrt(s.nu / (1 - 0.8 ** int(s.count)) - (s.mu / (1 - 0.8 ** int(s.count))) ** 2 + 1e-3)),
+    "rmsprop_eps_outside": (dict(eps=1e-3, decay=0.8, eps_in_sqrt=False), lambda s: np.sqrt(s.nu) + 1e-3),
+    # Two estimates in 3 steps (steps 1 and 3), the square root raised to k = 0.5.
+    "adahessian": (dict(b2=0.9, eps=1e-3, hessian_power=0.5, update_interval=2),
+                   lambda s: np.sqrt(s.nu / (1 - 0.9 ** 2)) ** 0.5 + 1e-3),
+    "sophia_h": (dict(eps=1e-3, update_interval=1), lambda s: np.maximum(0.01 * s.nu, 1e-3)),
+    "sophia_g": (dict(eps=1e-3, update_interval=1), lambda s: np.maximum(0.05 * s.nu, 1e-3)),
+}
+
+
+def _steps(tx, model_fn, obj, params, steps=3):
+  state = tx.init(params)
+  update = jax.jit(lambda g, s, p: tx.update(g, s, p, obj_fn=obj, model_fn=model_fn))
+  for _ in range(steps):
+    updates, state = update(jax.grad(obj)(params), state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+def _node_fields(state):
+  """The fields of the first optimizer-statistics node of `state`, raveled to numpy."""
+  is_node = lambda x: hasattr(x, "_fields") and ("nu" in x._fields or "sum_of_squares" in x._fields)
+  node = next(x for x in jax.tree.leaves(state, is_leaf=is_node) if is_node(x))
+  return type("Fields", (), {k: np.asarray(ravel_pytree(getattr(node, k))[0]) if k != "count" else int(node.count)
+                             for k in node._fields if k != "key"})
+
+
+@pytest.mark.parametrize("case", sorted(PRECONDITIONED))
+def test_each_optimizer_exposes_its_own_preconditioner(case):
+  """P from `preconditioner_fn` equals the numpy transcription of the optimizer's update rule (Adam's
+  formula, the monitor's old guess for every state with `nu` and `count`, fails for Sophia and
+  AdaHessian with hessian_power; the dense check of λ_max(P^{-1/2} H P^{-1/2}) is below)."""
+  name = case.split("_centered")[0].split("_eps_outside")[0]
+  hp, expected_p = PRECONDITIONED[case]
+  model_fn, output_loss_fn, params = M.tiny_mlp(jax.random.key(1))
+  obj = M.obj_fn(model_fn, output_loss_fn)
+  params, state = _steps(optim.get(name)(1e-2, **hp), model_fn, obj, params)
+  got = ravel_pytree(preconditioner.preconditioner_fn(name, **hp)(state))[0]
+  np.testing.assert_allclose(np.asarray(got), expected_p(_node_fields(state)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["sophia_h", "adahessian"])
+def test_preconditioned_lambda_max_matches_dense_matrix(case):
+  hp, expected_p = PRECONDITIONED[case]
+  model_fn, output_loss_fn, params = M.tiny_mlp(jax.random.key(1))
+  obj = M.obj_fn(model_fn, output_loss_fn)
+  params, state = _steps(optim.get(case)(1e-2, **hp), model_fn, obj, params)
+  d = 1 / np.sqrt(expected_p(_node_fields(state)))
+  hess = np.asarray(M.dense_hessian(obj, params))
+  monitor = Monitor(["preconditioned_lambda_max"], lambda q, b: obj(q), optimizer={"name": case, **hp}, lanczos_iters=80)
+  got = monitor(params, None, None, state, None, 0)["preconditioned_lambda_max"]
+  np.testing.assert_allclose(float(got), np.linalg.eigvalsh(d[:, None] * hess * d[None, :])[-1], rtol=1e-6)
+
+
+def test_preconditioner_reads_injected_hyperparameters_through_wrappers():
+  model_fn, output_loss_fn, params = M.tiny_mlp(jax.random.key(1))
+  obj = M.obj_fn(model_fn, output_loss_fn)
+  injected = optax.inject_hyperparams(optim.get("adam"))(learning_rate=1e-2, b2=0.9)
+  _, state = _steps(optax.chain(optax.clip_by_global_norm(1.0), injected), model_fn, obj, params)
+  got = ravel_pytree(preconditioner.preconditioner_fn("adam", b2=0.999)(state))[0]  # the live b2 wins
+  np.testing.assert_allclose(np.asarray(got), _adam_p(_node_fields(state), b2=0.9, eps=1e-8), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["sgd", "lamb", "novograd", "lars", "radam", "newton_cg", "kfac"])
+def test_optimizers_without_a_diagonal_preconditioner_refuse(name):
+  with pytest.raises(ValueError, match=f"optimizer '{name}' has no diagonal preconditioner"):
+    Monitor(["preconditioned_lambda_max"], lambda p, b: 0.0, optimizer={"name": name})
+
+
+def test_eos_ratio_uses_the_optimizers_own_edge():
+  """GD: lr·λ/2; heavy ball β: lr·λ/(2 + 2β), also with β and lr injected (a vmapped sweep's case)."""
+  args, ctx = _setup("mlp")
+  lam = np.linalg.eigvalsh(ctx["hess"])[-1]
+  for optimizer, expected in [({"name": "sgd"}, LR * lam / 2), ({"name": "sgd", "momentum": 0.9}, LR * lam / 3.8),
+                              ({"name": "sgd", "momentum": 0.9, "nesterov": True}, LR * lam * 2.8 / 3.8),
+                              ({"name": "adam"}, LR * lam / 2)]:   # no raw edge: GD's, as documented
+    out = _call(Monitor(["eos_ratio"], lanczos_iters=80, optimizer=optimizer, **args), ctx)
+    np.testing.assert_allclose(float(out["eos_ratio"]), expected, rtol=1e-6, err_msg=str(optimizer))
+  injected = optax.inject_hyperparams(optim.get("sgd"))(learning_rate=0.3, momentum=0.5)
+  monitor = Monitor(["eos_ratio"], lanczos_iters=80, optimizer={"name": "sgd", "momentum": 0.9}, **args)
+  out = jax.jit(lambda p, s: monitor(p, None, None, s, None, 0))(ctx["params"], injected.init(ctx["params"]))
+  np.testing.assert_allclose(float(out["eos_ratio"]), 0.3 * lam / 3.0, rtol=1e-6)

@@ -21,7 +21,8 @@ from optlab_jax.config.reflect import construct, validate_kwargs
 from optlab_jax.config.schema import SECTIONS, Monitor, Named, Point, Train
 
 # Arguments of monitor.Monitor that `build_monitor` derives from the problem and the optimizer.
-_MONITOR_BUILT = ("metrics", "loss_fn", "model_fn", "output_loss_fn", "learning_rate", "preconditioner")
+_MONITOR_BUILT = ("metrics", "loss_fn", "model_fn", "output_loss_fn", "learning_rate", "optimizer",
+                  "preconditioner")
 
 
 def schedule_factories() -> dict[str, Any]:
@@ -141,19 +142,17 @@ def build_monitor(cfg: dict[str, Any], problem: Any) -> monitor.Monitor | None:
 
   Its probes are seeded alike in every run (the section's `seed`), so a vmapped group measures
   each run as that run alone would; a swept learning rate reaches `eos_ratio` through the
-  optimizer's `inject_hyperparams` state. An Adam-family optimizer's b2 and eps set the diagonal
-  preconditioner of `preconditioned_lambda_max`.
+  optimizer's `inject_hyperparams` state. The optimizer's config gives `eos_ratio` its own
+  stability edge and the preconditioned metrics its diagonal preconditioner.
   """
   if cfg["monitor"] is None:
     return None
-  opt, extra = cfg["optimizer"], {}
-  if isinstance(opt.get("b2"), float) and isinstance(opt.get("eps"), float):
-    extra["preconditioner"] = monitor.adam_preconditioner(opt["b2"], opt["eps"])
+  opt = cfg["optimizer"]
   options = {k: v for k, v in cfg["monitor"].items() if k != "every"}
   return monitor.Monitor(
-      **options, loss_fn=problem.loss, learning_rate=optimizer_kwargs(opt)["learning_rate"],
+      **options, loss_fn=problem.loss, learning_rate=optimizer_kwargs(opt)["learning_rate"], optimizer=opt,
       model_fn=lambda params, batch: problem.model_fn(params, batch["x"]),
-      output_loss_fn=problem.output_loss_fn, **extra,
+      output_loss_fn=problem.output_loss_fn,
   )
 
 

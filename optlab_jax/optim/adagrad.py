@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from optlab_jax import checks
 from optlab_jax.optim import base
+from optlab_jax.optim.preconditioner import register_preconditioner
 from optlab_jax.optim.registry import register
 
 __all__ = ["scale_by_adagrad", "adagrad"]
@@ -36,3 +39,9 @@ def adagrad(
 ) -> optax.GradientTransformationExtraArgs:
   """AdaGrad: p ← p − lr · d_t with d_t from `scale_by_adagrad` (same as `optax.adagrad`)."""
   return base.alias(scale_by_adagrad(initial_accumulator_value, eps), learning_rate=learning_rate)
+
+
+@register_preconditioner("adagrad", state=optax.ScaleByRssState)
+def _preconditioner(state: optax.ScaleByRssState, hp: dict) -> optax.Updates:
+  """P = √(s + eps), the denominator of `scale_by_adagrad`."""
+  return jax.tree.map(lambda s: jnp.sqrt(s + hp["eps"]), state.sum_of_squares)

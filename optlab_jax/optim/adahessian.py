@@ -11,6 +11,7 @@ import optax
 
 from optlab_jax import checks, curvature
 from optlab_jax.optim import base
+from optlab_jax.optim.preconditioner import register_preconditioner
 from optlab_jax.optim.registry import register
 
 __all__ = ["ScaleByAdaHessianState", "spatial_average", "scale_by_adahessian", "adahessian"]
@@ -155,3 +156,12 @@ def adahessian(
       base.maybe_weight_decay(weight_decay, weight_decay_mask),
       learning_rate=learning_rate,
   )
+
+
+@register_preconditioner("adahessian", state=ScaleByAdaHessianState)
+def _preconditioner(state: ScaleByAdaHessianState, hp: dict) -> Any:
+  """P = (√(v/(1 − β2ʲ)))^k + eps, the denominator of `scale_by_adahessian` (j estimates so far)."""
+  num_estimates = jnp.maximum((state.count - 1) // hp["update_interval"] + 1, 1)
+  return jax.tree.map(
+      lambda v: jnp.sqrt(v / (1 - hp["b2"] ** num_estimates.astype(v.dtype))) ** hp["hessian_power"] + hp["eps"],
+      state.nu)

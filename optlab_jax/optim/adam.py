@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from optlab_jax import checks
 from optlab_jax.optim import base
+from optlab_jax.optim.preconditioner import register_preconditioner
 from optlab_jax.optim.registry import register
 
 __all__ = ["scale_by_adam", "adam", "nadam"]
@@ -70,3 +73,12 @@ def nadam(
   return base.alias(
       scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=True), learning_rate=learning_rate
   )
+
+
+# Every optimizer whose direction is `scale_by_adam` alone (LAMB's trust ratio is not diagonal).
+@register_preconditioner("adam", "nadam", "adamw", "adam_l2", "lazy_adam", state=optax.ScaleByAdamState)
+def _preconditioner(state: optax.ScaleByAdamState, hp: dict) -> Any:
+  """P = √(ν/(1 − β2ᵗ) + eps_root) + eps, the denominator of `scale_by_adam`."""
+  t = jnp.maximum(state.count, 1)
+  return jax.tree.map(
+      lambda v: jnp.sqrt(v / (1 - hp["b2"] ** t.astype(v.dtype)) + hp["eps_root"]) + hp["eps"], state.nu)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from optlab_jax import checks
 from optlab_jax.optim import base
+from optlab_jax.optim.preconditioner import register_preconditioner
 from optlab_jax.optim.registry import register
 
 __all__ = ["scale_by_amsgrad", "amsgrad"]
@@ -59,3 +62,9 @@ def amsgrad(
       scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu),
       learning_rate=learning_rate,
   )
+
+
+@register_preconditioner("amsgrad", state=optax.ScaleByAmsgradState)
+def _preconditioner(state: optax.ScaleByAmsgradState, hp: dict) -> Any:
+  """P = √(v̂max + eps_root) + eps, the denominator of `scale_by_amsgrad`."""
+  return jax.tree.map(lambda v: jnp.sqrt(v + hp["eps_root"]) + hp["eps"], state.nu_max)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 import optax
 
 from optlab_jax import checks
 from optlab_jax.optim import base
+from optlab_jax.optim.preconditioner import register_preconditioner
 from optlab_jax.optim.registry import register
 from optlab_jax.optim.sgd import scale_by_sgd
 
@@ -70,3 +75,25 @@ def rmsprop(
       ),
       learning_rate=learning_rate,
   )
+
+
+# The state types of optax's scale_by_rms / scale_by_stddev, with and without bias correction
+# (the counted ones are not exported by optax; their shapes are read without allocating).
+_RMS_STATES = tuple(
+    type(jax.eval_shape(rms(bias_correction=corrected).init, {}))
+    for rms in (optax.scale_by_rms, optax.scale_by_stddev) for corrected in (False, True)
+)
+
+
+@register_preconditioner("rmsprop", state=_RMS_STATES)
+def _preconditioner(state: Any, hp: dict) -> optax.Updates:
+  """P = √(v̂ − μ̂² + eps) (or √(v̂ − μ̂²) + eps), the denominator of `scale_by_rmsprop`."""
+  count = state.count if "count" in state._fields else None   # (a tuple's .count is a method)
+  correct = (lambda x: x) if count is None else (
+      lambda x: x / (1 - hp["decay"] ** jnp.maximum(count, 1).astype(x.dtype)))
+  mu = getattr(state, "mu", None)
+  var = jax.tree.map(correct, state.nu) if mu is None else jax.tree.map(
+      lambda v, m: correct(v) - correct(m) ** 2, state.nu, mu)
+  if hp["eps_in_sqrt"]:
+    return jax.tree.map(lambda v: jnp.sqrt(v + hp["eps"]), var)
+  return jax.tree.map(lambda v: jnp.sqrt(v) + hp["eps"], var)

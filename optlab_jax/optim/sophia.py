@@ -10,6 +10,7 @@ import optax
 
 from optlab_jax import checks, curvature
 from optlab_jax.optim import base
+from optlab_jax.optim.preconditioner import register_preconditioner
 from optlab_jax.optim.registry import register
 
 __all__ = ["ScaleBySophiaState", "gnb_diag", "scale_by_sophia", "sophia_h", "sophia_g"]
@@ -177,3 +178,9 @@ def sophia_g(
   return _alias(learning_rate, weight_decay, weight_decay_mask, b1=b1, b2=b2, eps=eps, gamma=gamma,
                 clip_threshold=clip_threshold, update_interval=update_interval, seed=seed,
                 estimator="gnb", likelihood=likelihood)
+
+
+@register_preconditioner("sophia_h", "sophia_g", state=ScaleBySophiaState)
+def _preconditioner(state: ScaleBySophiaState, hp: dict) -> Any:
+  """P = max(γ h, eps), the denominator of the next `scale_by_sophia` step (unclipped coordinates)."""
+  return jax.tree.map(lambda h: jnp.maximum(hp["gamma"] * h, hp["eps"]), state.nu)
