@@ -9,7 +9,8 @@ a Python loop. Both paths compute the same numbers.
 
 Metrics (all from one Hessian linearisation at `params` on `batch`):
   lambda_max, lambda_min      top and bottom Ritz values of H (Lanczos, signs exact)
-  trace                       Hutchinson estimate of tr(H)
+  trace                       Hutchinson estimate of tr(H) (exact if trace_samples ≥ the parameter
+                              count), returned with `trace_stderr`, its standard error
   eos_ratio                   λ_max / the optimizer's `stability_edge` (at 1 on the edge; Cohen et
                               al., 2021); lr · λ_max / 2, GD's edge, for optimizers without one
   preconditioned_lambda_max   λ_max of P⁻¹H = λ_max of P^{-1/2} H P^{-1/2}, P the optimizer's
@@ -156,6 +157,7 @@ def preconditioned_stability_edge(optimizer: dict) -> float | None:
   return None if edge is None else float(edge)
 
 
+_OUTPUTS = {"trace": ("trace", "trace_stderr")}   # metrics that return more than their own value
 _NEEDS_LANCZOS = {"lambda_max", "lambda_min", "eos_ratio", "top_k_gradient_fraction"}
 _NEEDS_PRECONDITIONER = {"preconditioned_lambda_max", "preconditioned_eos_ratio"}
 _NEEDS_HESSIAN = _NEEDS_LANCZOS | _NEEDS_PRECONDITIONER | {"trace", "directional_sharpness",
@@ -296,7 +298,8 @@ class Monitor:
         coeffs = jax.vmap(lambda v: optax.tree.vdot(v, grads))(eigs.top_vectors)
         out["top_k_gradient_fraction"] = jnp.sum(coeffs**2) / optax.tree.vdot(grads, grads)
     if "trace" in want:
-      out["trace"] = curvature.hutchinson_trace(hess, params, trace_key, self.trace_samples)
+      out["trace"], out["trace_stderr"], _ = curvature.hutchinson_trace(hess, params, trace_key, self.trace_samples,
+                                                                        loop=loop)
     if _NEEDS_PRECONDITIONER & want:
       inv_sqrt = jax.tree.map(lambda p: 1.0 / jnp.sqrt(p), self.preconditioner(opt_state))
       scaled = jax.tree_util.Partial(_scaled_apply, hess, inv_sqrt)
@@ -320,7 +323,7 @@ class Monitor:
       out["spectral_density"] = jnp.stack([nodes, weights])
     if "layer_lambda_max" in want:
       out["layer_lambda_max"] = _layer_lambda_max(hess, params, jax.random.fold_in(key, 5), self.lanczos_iters, loop)
-    return {name: out[name] for name in self.metrics}
+    return {name: out[name] for metric in self.metrics for name in _OUTPUTS.get(metric, (metric,))}
 
 
 def _scaled_apply(matvec: Callable, inv_sqrt: Any, v: Any) -> Any:

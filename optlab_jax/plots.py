@@ -1,6 +1,7 @@
 """Figures of a sweep directory (PNG, matplotlib): one curve per point, the median over seeds with
 the band between the quartiles shaded lightly (so the bands of several points stay visible), for
-the train loss, each eval metric and each monitor metric.
+the train loss, each eval metric and each monitor metric; a metric with a `<name>_stderr` companion
+(`monitor.trace`) also gets a hatched band of ±2 standard errors of its estimate.
 
 The λ_max figure draws each optimizer's stability edge (`monitor.stability_edge`: 2/lr for GD,
 (2 + 2β)/lr for heavy-ball momentum) dashed in its point's colour and labelled in the legend, only
@@ -75,13 +76,22 @@ def _edges(name: str, lines: list[Curve]) -> list[tuple[int, float]]:
   return [(i, edge) for i, edge in found if edge is not None and np.isfinite(edge)]
 
 
-def figure(name: str, lines: list[Curve]) -> Figure:
-  """The figure of metric `name`: each point's median and quartile band, and its stability edge."""
+def figure(name: str, lines: list[Curve], stderr: list[Curve] | None = None) -> Figure:
+  """The figure of metric `name`: each point's median and quartile band, and its stability edge.
+
+  `stderr` (the curves of `<name>_stderr`, e.g. `monitor.trace_stderr`) adds a hatched band of
+  ±2 standard errors of the estimate around each point's median.
+  """
   fig = Figure(figsize=(7, 4.5), layout="constrained")
   ax = fig.subplots()
+  errors = {e.label: e for e in stderr or []}
   for i, c in enumerate(lines):
     ax.plot(c.steps, c.median, color=f"C{i % 10}", label=c.label)
     ax.fill_between(c.steps, c.low, c.high, color=f"C{i % 10}", alpha=_BAND_ALPHA, linewidth=0)
+    if c.label in errors:
+      e = errors[c.label].median[: len(c.steps)]
+      ax.fill_between(c.steps[: len(e)], c.median[: len(e)] - 2 * e, c.median[: len(e)] + 2 * e, facecolor="none",
+                      edgecolor=f"C{i % 10}", hatch="///", linewidth=0, label=f"{c.label}: ±2 standard errors")
   data = np.concatenate([np.concatenate([c.low, c.high]) for c in lines])
   data = data[np.isfinite(data)]
   positive = data.size > 0 and bool(np.all(data > 0))
@@ -112,8 +122,11 @@ def plot(directory: str | Path, out: str | Path | None = None) -> list[Path]:
   out = Path(directory if out is None else out)
   out.mkdir(parents=True, exist_ok=True)
   paths = []
-  for name, lines in curves(directory).items():
+  found = curves(directory)
+  for name, lines in found.items():
+    if name.endswith("_stderr") and name[: -len("_stderr")] in found:
+      continue  # drawn as the band of its metric's figure
     path = out / f"{name.replace('.', '_')}.png"
-    figure(name, lines).savefig(path, dpi=120)
+    figure(name, lines, found.get(name + "_stderr")).savefig(path, dpi=120)
     paths.append(path)
   return paths + landscape_plots.plot_directory(directory, out)  # spectral densities, landscape/*.npz

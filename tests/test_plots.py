@@ -105,3 +105,15 @@ def test_plot_writes_one_png_per_metric(sweep_dir, tmp_path):
   for path in paths:
     image = matplotlib.image.imread(path)
     assert image.shape == (540, 840, 4) and image.std() > 0  # 7 × 4.5 inches at 120 dpi, not blank
+
+
+def test_trace_gets_a_band_of_two_standard_errors_and_no_figure_of_its_own(tmp_path):
+  (ax,) = plots.figure("monitor.trace", [curve("sgd", [10.0, 12.0])], [curve("sgd", [0.5, 1.0])]).axes
+  hatched = [c for c in ax.collections if c.get_hatch()]
+  y = hatched[0].get_paths()[0].vertices[:, 1]
+  assert len(hatched) == 1 and y.min() == pytest.approx(9.0) and y.max() == pytest.approx(14.0)
+  run = history([4.0, 3.0, 2.0, 1.0], [5.0, 7.0])
+  run.monitor = {"trace": np.array([10.0, 12.0]), "trace_stderr": np.array([0.5, 1.0])}
+  results.Store(tmp_path).add(config(0), "sgd", run)
+  names = sorted(p.name for p in plots.plot(tmp_path, tmp_path / "figs"))
+  assert "monitor_trace.png" in names and "monitor_trace_stderr.png" not in names

@@ -2,7 +2,8 @@
 
 Products (params-shaped pytrees in and out, never an n×n matrix): `hvp`, `hvp_fn`, `ggn_fn`,
 `fisher_fn`, `empirical_fisher_fn`. Estimators on any symmetric matvec: `hutchinson_diag`,
-`hutchinson_trace`, `hutchpp_trace`, `power_iteration`, `power_extremes`, `lanczos`,
+`hutchinson_trace`, `hutchpp_trace` (each a `TraceEstimate` with its standard error),
+`power_iteration`, `power_extremes`, `lanczos`,
 `lanczos_eigs`, `slq_quadrature`, `slq_moments`, `slq_density`. The Krylov estimators take
 `loop="auto"|"scan"|"python"` (see `loops.resolve_loop`: conv models on CPU run a Python loop
 over jitted steps, everything else a `lax.scan`).
@@ -17,7 +18,7 @@ from optlab_jax.curvature.fisher import (
     per_example_nll,
     sample_targets,
 )
-from optlab_jax.curvature.hutchinson import hutchinson_diag, hutchinson_trace, hutchpp_trace
+from optlab_jax.curvature.hutchinson import TraceEstimate, hutchinson_diag, hutchinson_trace, hutchpp_trace
 from optlab_jax.curvature.lanczos import LanczosEigs, LanczosResult, lanczos, lanczos_eigs, tridiagonal
 from optlab_jax.curvature.loops import LOOPS, has_primitive, resolve_loop
 from optlab_jax.curvature.power import power_extremes, power_iteration
@@ -26,7 +27,7 @@ from optlab_jax.curvature.products import ggn_fn, hvp, hvp_fn, linearize_transpo
 from optlab_jax.curvature.slq import gaussian_density, slq_density, slq_moments, slq_quadrature
 
 __all__ = [
-    "LIKELIHOODS", "LOOPS", "LanczosEigs", "LanczosResult", "check_likelihood",
+    "LIKELIHOODS", "LOOPS", "LanczosEigs", "LanczosResult", "TraceEstimate", "check_likelihood",
     "empirical_fisher_fn", "fisher_fn", "gaussian_density", "ggn_fn", "has_primitive",
     "hutchinson_diag", "hutchinson_trace", "hutchpp_trace", "hvp", "hvp_fn", "lanczos",
     "lanczos_eigs", "linearize_transpose", "nll", "per_example_nll", "power_extremes",

@@ -13,14 +13,20 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["scalar_dtype", "zeros", "set_row", "row", "vdot", "norm", "unit", "dot", "combine", "project_out",
+__all__ = ["scalar_dtype", "size", "zeros", "set_row", "row", "vdot", "norm", "unit", "dot", "combine", "project_out",
            "stack", "unstack"]
 
 
 def scalar_dtype(tree: Any) -> jnp.dtype:
   """The dtype that inner products of `tree`'s leaves promote to."""
   return jnp.result_type(*jax.tree.leaves(tree))
+
+
+def size(tree: Any) -> int:
+  """The number of entries over all leaves: the dimension of the vector space."""
+  return sum(int(np.prod(jnp.shape(x))) for x in jax.tree.leaves(tree))
 
 
 def zeros(like: Any, m: int) -> Any:
