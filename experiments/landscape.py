@@ -61,7 +61,7 @@ def analyse(problem, cfg, args) -> dict:
   lo, hi = coords.min(axis=0), coords.max(axis=0)
   pad = 0.25 * np.maximum(hi - lo, 1e-3)
   xs, ys = (np.linspace(lo[k] - pad[k], hi[k] + pad[k], args.grid) for k in range(2))
-  kw = dict(args=(problem.data,), chunk_size=args.chunk)
+  kw = dict(args=(problem.data,), chunk_size=args.chunk or "auto")
   grid = landscape.slice_2d(metrics, pca.origin, *pca.directions, xs, ys, **kw)
   direction = landscape.random_direction(jax.random.key(cfg["seed"] + 1), final)
   alphas = np.linspace(-1.0, 1.0, 2 * args.grid + 1)
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
   parser.add_argument("--out", help="results directory (default: runs/<config stem>)")
   parser.add_argument("--grid", type=int, default=41, help="points per axis of the 2-D slice")
-  parser.add_argument("--chunk", type=int, default=256, help="grid points evaluated at once (bounds memory)")
+  parser.add_argument("--chunk", type=int, default=None, help="grid points evaluated at once (default: landscape.AUTO_CHUNK)")
   parser.add_argument("--record-every", type=int, default=10, help="steps between saved parameter snapshots")
   parser.add_argument("--connect-steps", type=int, default=300)
   parser.add_argument("--connect-optimizer", default="adam")
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
     if len(solutions[point]) == 2:  # connect the first two seeds' solutions of this point
       loss = lambda p, data: problem.metrics_fn(data, p)["loss"]
       c = landscape.connect(loss, *solutions[point], optimizer=args.connect_optimizer, learning_rate=args.connect_lr,
-                            steps=args.connect_steps, args=(problem.data,), chunk_size=args.chunk)
+                            steps=args.connect_steps, args=(problem.data,), chunk_size=args.chunk or "auto")
       arrays.update(connect_ts=c.ts, connect_line=c.line, connect_curve=c.curve,
                     connect_line_barrier=c.line_barrier, connect_curve_barrier=c.curve_barrier)
       print(f"{label}: barrier along the line {float(c.line_barrier):.4g}, along the Bézier curve {float(c.curve_barrier):.4g}")

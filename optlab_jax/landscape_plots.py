@@ -7,7 +7,7 @@ and the outliers are both visible; where the exact eigenvalues are known (a test
 are overlaid as ticks, with their density broadened by the same Gaussian as a dashed reference.
 
 `plot_directory` draws every figure a results directory holds: each point's last recorded
-`monitor.spectral_density`, and the files `landscape/<name>.npz` that `save` writes (keys as
+`monitor.spectral_density` and its `monitor.layer_lambda_max` curves (first seed), and the files `landscape/<name>.npz` that `save` writes (keys as
 `save` documents).
 
 References: Ghorbani, Krishnan & Xiao, 2019, An investigation into neural net optimization via
@@ -158,6 +158,13 @@ def plot_directory(directory: str | Path, out: str | Path | None = None) -> list
       step = int(metrics["monitor_step"][-1])
       figures[f"spectral_density_{record['point']}"] = spectral_density(
           nodes, weights, title=f"{record['label']}: Hessian spectral density at step {step}")
+    if "monitor.layer_lambda_max" in metrics and f"layers {record['point']}" not in seen:
+      seen.add(f"layers {record['point']}")
+      values = metrics["monitor.layer_lambda_max"]
+      figures[f"layer_lambda_max_{record['point']}"] = curves(
+          metrics["monitor_step"], {f"layer {k}": values[:, k] for k in range(values.shape[1])}, xlabel="step",
+          ylabel="λ_max of the layer's Hessian block", title=f"{record['label']}: per-layer λ_max (monitor.layer_names order)",
+          log=bool(np.all(values > 0)))
   for path in sorted((directory / "landscape").glob("*.npz")):
     with np.load(path) as f:
       arrays = dict(f)

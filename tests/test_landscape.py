@@ -151,7 +151,7 @@ def test_vmapped_and_chunked_grids_equal_a_python_loop_over_points():
       shifted = jax.tree.map(lambda p, a, b: np.asarray(p) + x * np.asarray(a) + y * np.asarray(b), params, dx, dy)
       for name, value in point(shifted, problem.data).items():
         loop[name][i, j] = value
-  for kwargs in ({}, {"chunk_size": 5}, {"chunk_size": 5, "loop": "python"}):
+  for kwargs in ({"chunk_size": None}, {}, {"chunk_size": 5}, {"chunk_size": 5, "loop": "python"}):
     got = landscape.slice_2d(metrics, params, dx, dy, xs, ys, args=(problem.data,), **kwargs)
     for name in loop:
       np.testing.assert_allclose(got[name], loop[name], rtol=1e-10, err_msg=f"{name} {kwargs}")
@@ -269,7 +269,8 @@ def test_spectral_density_figure_draws_the_gaussian_mixture_and_the_exact_eigenv
 def test_plot_directory_draws_the_monitor_density_and_every_saved_landscape(tmp_path):
   history = train.History(
       loss=np.ones(4), eval_steps=np.array([4]), eval={"loss": np.ones(1)}, monitor_steps=np.array([2, 4]),
-      monitor={"spectral_density": np.stack([np.stack([[[0.0, 2.0]], [[0.5, 0.5]]])] * 2)}, final={"loss": 1.0},
+      monitor={"spectral_density": np.stack([np.stack([[[0.0, 2.0]], [[0.5, 0.5]]])] * 2),
+               "layer_lambda_max": np.array([[1.0, 2.0], [1.5, 2.5]])}, final={"loss": 1.0},
       status="ok", diverged_at=None, params=None, loop="scan", wall_time=1.0, compile_time=0.1)
   cfg = {"problem": {"name": "quadratic"}, "optimizer": {"name": "sgd", "learning_rate": 0.1}, "train": {"steps": 4},
          "monitor": None, "seed": 0}
@@ -280,7 +281,7 @@ def test_plot_directory_draws_the_monitor_density_and_every_saved_landscape(tmp_
                        trajectory=trajectory, explained=[0.9, 0.05], interp_alphas=xs, interp_loss=xs**2)
   paths = landscape_plots.plot_directory(tmp_path)
   assert sorted(p.name for p in paths) == sorted([f"spectral_density_{record['point']}.png", "landscape_run0_slice2d.png",
-                                                  "landscape_run0_interpolation.png"])
+                                                  f"layer_lambda_max_{record['point']}.png", "landscape_run0_interpolation.png"])
   assert all(p.stat().st_size > 10_000 for p in paths)
   fig = landscape_plots.contour(xs, ys, 1 + np.add.outer(ys**2, xs**2), trajectory=trajectory)
   path_line = fig.axes[0].get_lines()[0]

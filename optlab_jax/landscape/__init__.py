@@ -17,11 +17,11 @@ from optlab_jax.landscape.directions import (
     pca_directions,
     random_direction,
 )
-from optlab_jax.landscape.grid import evaluate, peak_bytes, shift, slice_1d, slice_2d
+from optlab_jax.landscape.grid import AUTO_CHUNK, evaluate, peak_bytes, shift, slice_1d, slice_2d
 from optlab_jax.landscape.paths import Connection, Interpolation, barrier, connect, interpolate, max_bump
 
 __all__ = [
-    "NORMALIZATIONS", "Connection", "Interpolation", "PCADirections", "barrier", "connect",
+    "AUTO_CHUNK", "NORMALIZATIONS", "Connection", "Interpolation", "PCADirections", "barrier", "connect",
     "evaluate", "filter_normalize", "interpolate", "max_bump", "pca_directions", "peak_bytes", "random_direction", "shift",
     "slice_1d", "slice_2d",
 ]

@@ -1,10 +1,13 @@
 """A function of the params on many points θ = origin + Σ_k c_k d_k, as one compiled program.
 
 `evaluate` is the one home of this: `slice_1d`, `slice_2d`, `interpolate` and `connect` all call
-it. Every point is a row of `coords`; the whole set runs as one jitted `jax.vmap` (peak memory:
-all points' activations at once) or, with `chunk_size`, as `jax.lax.map(..., batch_size=chunk_size)`
-(a vmap over `chunk_size` points at a time inside one scan, memory bounded by the chunk). On XLA
-CPU a convolution inside a scan runs 40–50× slower than plainly jitted (docs/architecture.md), so with
+it. Every point is a row of `coords`; the whole set runs as one jitted `jax.vmap` (`chunk_size=None`:
+peak memory holds all points' activations at once) or as `jax.lax.map(..., batch_size=chunk_size)`
+(a vmap over `chunk_size` points at a time inside one scan, memory bounded by the chunk). The
+default "auto" takes `AUTO_CHUNK` points per chunk: on XLA CPU a vmapped matmul is a loop of the
+points' matmuls whose activations leave the cache, so small chunks run fastest there (see
+experiments/bench_landscape.py). On XLA CPU a convolution inside a scan runs 40–50× slower than
+plainly jitted (docs/architecture.md), so with
 `loop="auto"` a chunked convolutional `fn` on CPU runs its one compiled chunk program from a Python
 loop instead; "scan" and "python" force either.
 """
@@ -21,7 +24,21 @@ import numpy as np
 from optlab_jax import checks
 from optlab_jax.curvature.loops import LOOPS, has_primitive
 
-__all__ = ["evaluate", "peak_bytes", "slice_1d", "slice_2d", "shift"]
+__all__ = ["AUTO_CHUNK", "evaluate", "peak_bytes", "slice_1d", "slice_2d", "shift"]
+
+
+# Points per chunk of chunk_size="auto", by backend (experiments/bench_landscape.py: on 2 CPU cores,
+# digits-MLP slices ran fastest at 4 per chunk); accelerators take big chunks, memory still bounded.
+AUTO_CHUNK = {"cpu": 4}
+AUTO_CHUNK_ACCELERATOR = 256
+
+
+def _chunk_size(chunk_size: int | str | None) -> int | None:
+  if chunk_size == "auto":
+    return AUTO_CHUNK.get(jax.default_backend(), AUTO_CHUNK_ACCELERATOR)
+  if chunk_size is not None:
+    checks.check_positive_int("chunk_size", chunk_size)
+  return chunk_size
 
 
 def shift(origin: Any, directions: Sequence[Any], c: jax.Array) -> Any:
@@ -55,7 +72,7 @@ def evaluate(
     coords: Any,
     *,
     args: tuple = (),
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
     loop: str = "auto",
 ) -> Any:
   """fn(origin + Σ_k coords[i, k] · directions[k], *args) for every row i of `coords` (N × K).
@@ -63,16 +80,16 @@ def evaluate(
   `fn(params, *args)` returns a scalar or a pytree of scalars (e.g. a metrics dict); the result
   has the same structure with a leading axis N. Pass data through `args` rather than closing over
   it: jitted arguments are not baked into the program as constants. `fn` is a static argument
-  (compiled once per function object), so keep one function across calls.
+  (compiled once per function object), so keep one function across calls. `chunk_size`: points
+  evaluated at once ("auto": `AUTO_CHUNK` for the backend; None: all of them).
   """
   checks.check_choice("loop", loop, LOOPS)
   coords = jnp.asarray(coords)
   if coords.ndim != 2 or coords.shape[1] != len(directions):
     raise ValueError(f"coords has shape {coords.shape}; expected (N, {len(directions)}), one column per direction")
-  directions, args = tuple(directions), tuple(args)
+  directions, args, chunk_size = tuple(directions), tuple(args), _chunk_size(chunk_size)
   if chunk_size is None:
     return _all_points(fn, origin, directions, coords, args, None)
-  checks.check_positive_int("chunk_size", chunk_size)
   if loop == "auto":
     on_cpu = jax.default_backend() == "cpu"
     conv = on_cpu and has_primitive(functools.partial(_point, fn), "conv_general_dilated", origin, directions,
@@ -109,9 +126,10 @@ def slice_2d(fn: Callable[..., Any], params: Any, direction_x: Any, direction_y:
 
 
 def peak_bytes(fn: Callable[..., Any], origin: Any, directions: Sequence[Any], coords: Any, *, args: tuple = (),
-               chunk_size: int | None = None) -> int:
+               chunk_size: int | str | None = "auto") -> int:
   """XLA's estimate of the scratch and output memory of `evaluate`'s one program (the "scan"
   path): what `chunk_size` bounds. Compiles the program ahead of time, without running it."""
-  compiled = _all_points.lower(fn, origin, tuple(directions), jnp.asarray(coords), tuple(args), chunk_size).compile()
+  compiled = _all_points.lower(fn, origin, tuple(directions), jnp.asarray(coords), tuple(args),
+                               _chunk_size(chunk_size)).compile()
   memory = compiled.memory_analysis()
   return int(memory.temp_size_in_bytes + memory.output_size_in_bytes)

@@ -118,7 +118,7 @@ def connect(
     num_points: int = 61,
     seed: int = 0,
     args: tuple = (),
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
     optimizer_options: dict[str, Any] | None = None,
 ) -> Connection:
   """Trains a quadratic Bézier curve between two minima (Garipov et al., 2018); the barriers.
