@@ -1,14 +1,18 @@
-"""Where an iterative estimator's loop runs: in XLA control flow, or in Python over jitted steps.
+"""Where loops and branches run: in XLA control flow, or outside it where a convolution would crawl.
 
 `lax.scan`/`while_loop` keeps the whole estimator in one program (jittable, vmappable, best
 for dense models and on accelerators). On XLA CPU, a convolution inside control flow runs
-40–50× slower than the same convolution jitted plainly (jax-ml/jax#12868), so for conv
-models on CPU the loop must instead run in Python, calling a jitted matvec and jitted small
-steps; both paths run the same step functions and give the same numbers.
+40–50× slower than the same convolution jitted plainly (jax-ml/jax#12868: inside a branch XLA
+keeps the kernel- and input-gradient convolutions in layouts that take a slow generic path),
+so for conv models on CPU a loop runs in Python instead, calling a jitted matvec and jitted
+small steps (`resolve_loop`), and a branch that must stay inside a jitted program (an
+optimizer's every-k-steps refresh) runs as a host callback into its own plainly jitted
+program (`cond`). Both paths run the same functions and give the same numbers.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -16,7 +20,7 @@ from jax.tree_util import Partial
 
 from optlab_jax import checks
 
-__all__ = ["LOOPS", "has_primitive", "is_traced", "resolve_loop", "as_partial", "apply"]
+__all__ = ["LOOPS", "apply", "as_partial", "cond", "has_primitive", "is_traced", "resolve_loop"]
 
 LOOPS = ("auto", "scan", "python")
 _CONV = "conv_general_dilated"
@@ -80,3 +84,53 @@ def as_partial(fn: Callable) -> Partial:
 def apply(matvec: Partial, v: Any) -> Any:
   """The jitted matvec of the Python loop: one compiled program per matvec, no control flow."""
   return matvec(v)
+
+
+def cond(pred: Any, true_fn: Callable, false_fn: Callable, *operands: Any) -> Any:
+  """`lax.cond(pred, true_fn, false_fn, *operands)`, without the CPU convolution cliff.
+
+  A branch whose computation contains a convolution runs, on CPU only, as a host callback
+  into its own plainly jitted program (`lax.platform_dependent`): compiled outside control
+  flow, its convolutions take XLA CPU's fast layout, and only the branch taken runs. Every
+  other branch, and every branch on GPU/TPU, is `lax.cond`'s own. The numbers are the same.
+  """
+  def branch(fn):
+    if not has_primitive(fn, _CONV, *operands):
+      return fn
+    return lambda *ops: jax.lax.platform_dependent(*ops, cpu=functools.partial(_host_call, fn), default=fn)
+  return jax.lax.cond(pred, branch(true_fn), branch(false_fn), *operands)
+
+
+def _host_call(fn: Callable, *operands: Any) -> Any:
+  """`fn(*operands)` computed by a separately jitted program that a `jax.pure_callback` runs.
+
+  `fn` is traced to a jaxpr whose constants (what it closes over: the batch inside an
+  `obj_fn`, integer labels included) become explicit arguments of the callback, so the program
+  sees them as inputs rather than as tracers of the enclosing trace. Typed PRNG keys cross the
+  callback as their raw data.
+  """
+  out_info = {}
+
+  def raw_fn(*ops):  # fn with its key outputs as raw data; records their impls and the tree
+    out, out_info["treedef"] = jax.tree.flatten(fn(*ops))
+    out_info["impls"] = [jax.random.key_impl(x) if _is_key(x) else None for x in out]
+    return [jax.random.key_data(x) if _is_key(x) else x for x in out]
+
+  closed, raw_shapes = jax.make_jaxpr(raw_fn, return_shape=True)(*operands)
+  args = [*jax.tree.leaves(operands), *closed.consts]
+  impls = [jax.random.key_impl(x) if _is_key(x) else None for x in args]
+  num_ops = len(args) - len(closed.consts)
+
+  @jax.jit
+  def program(*raw):
+    leaves = [x if impl is None else jax.random.wrap_key_data(x, impl=impl) for x, impl in zip(raw, impls)]
+    return jax.core.eval_jaxpr(closed.jaxpr, leaves[num_ops:], *leaves[:num_ops])
+
+  raw_args = [x if impl is None else jax.random.key_data(x) for x, impl in zip(args, impls)]
+  raw_out = jax.pure_callback(program, raw_shapes, *raw_args, vmap_method="sequential")
+  out = [x if impl is None else jax.random.wrap_key_data(x, impl=impl) for x, impl in zip(raw_out, out_info["impls"])]
+  return jax.tree.unflatten(out_info["treedef"], out)
+
+
+def _is_key(x: Any) -> bool:
+  return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)

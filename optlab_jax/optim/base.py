@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from optlab_jax import checks
+from optlab_jax.curvature import loops
 
 
 def integer_leaves_untouched(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -149,14 +150,15 @@ def maybe_weight_decay(weight_decay: Any, mask: Any = None) -> optax.GradientTra
 
 
 def every_k_steps(count: jax.Array, k: Any, fn, *operands):
-  """`fn(*operands)` when count % k == 0, else `operands` unchanged (`lax.cond`; k may be traced).
+  """`fn(*operands)` when count % k == 0, else `operands` unchanged (a cond; k may be traced).
 
-  A Python k = 1 calls `fn` without `lax.cond`: on XLA CPU a convolution inside control flow
-  runs 40–50× slower (jax-ml/jax#12868), so an every-step estimate must stay outside it.
+  The cond is `curvature.loops.cond`: on XLA CPU a convolution inside control flow runs 40–50×
+  slower (jax-ml/jax#12868), so there a refresh with convolutions runs as its own plainly
+  jitted program. A Python k = 1 calls `fn` directly.
   """
   if isinstance(k, int) and k == 1:
     return fn(*operands)
-  return jax.lax.cond(count % k == 0, fn, lambda *ops: ops, *operands)
+  return loops.cond(count % k == 0, fn, lambda *ops: ops, *operands)
 
 
 Factory = Callable[..., optax.GradientTransformationExtraArgs]
