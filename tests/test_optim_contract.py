@@ -57,6 +57,25 @@ TUNING: dict[str, dict[str, tuple[float, int, float]]] = {
     "natural_gradient": {"quadratic": (0.01, 1000, 1e-4), "rosenbrock": (0.01, 3000, 1e-3)},
     # Vector leaves make SOAP Adam with its reference β2 = 0.95, whose noise floor at lr 0.05 is above 1e-4.
     "soap": {"quadratic": (0.02, 1000, 1e-4)},
+    # Learning-rate-free and self-tuning methods (optax's): lr = 1 is the method itself.
+    "dadapt_adamw": {"quadratic": (1.0, 1000, 1e-4), "rosenbrock": (0.3, 3000, 1e-3)},
+    "polyak_sgd": {"quadratic": (1.0, 1000, 1e-4), "rosenbrock": (1.0, 3000, 1e-3)},
+    "cocob": {"quadratic": (1.0, 5000, 1e-4), "rosenbrock": (1.0, 5000, 1e-2)},
+    "dog": {"quadratic": (1.0, 5000, 1e-4), "rosenbrock": (1.0, 5000, 2e-2)},
+    # Mechanic's scale grows from s_init = 1e-6 by coin betting: slow on these two-leaf problems.
+    "mechanize": {"quadratic": (1.0, 1000, 1e-2), "rosenbrock": (1.0, 3000, 0.5)},
+    "adopt": {"quadratic": (1.0, 1000, 1e-4), "rosenbrock": (1.0, 3000, 1e-3)},
+    "ademamix": {"quadratic": (1.0, 1000, 1e-4), "rosenbrock": (0.1, 3000, 1e-3)},
+    "sm3": {"quadratic": (1.0, 1000, 1e-4), "rosenbrock": (1.0, 3000, 1e-3)},
+    "yogi": {"rosenbrock": (0.3, 3000, 1e-3)},
+    "schedule_free_adamw": {"quadratic": (0.3, 1000, 1e-4), "rosenbrock": (0.1, 3000, 1e-3)},
+    "schedule_free_sgd": {"rosenbrock": (1e-3, 5000, 1e-3)},
+    # Whitening P → (E m mᵀ)^(−1/2) normalises the step as the gradients vanish (as Adam does).
+    "psgd_kron": {"quadratic": (0.01, 3000, 1e-4), "rosenbrock": (3e-3, 3000, 1e-3)},
+    # Sign steps and Adafactor's relative steps have a fixed size ∝ lr: a floor ∝ lr.
+    "sign_sgd": {"quadratic": (1e-3, 5000, 1e-3), "rosenbrock": (1e-3, 5000, 0.2)},
+    "lion": {"quadratic": (1e-3, 5000, 2e-4), "rosenbrock": (1e-3, 5000, 1e-3)},
+    "adafactor": {"quadratic": (0.01, 1000, 2e-3), "rosenbrock": (0.01, 3000, 5e-2)},
 }
 # Hyperparameters that set shapes or structure, so they cannot be traced by inject_hyperparams.
 STRUCTURAL: dict[str, set[str]] = {"adahessian": {"block_size"}, "lbfgs": {"memory_size"},
@@ -217,7 +236,22 @@ _COUNTS = ("period", "interval", "every", "size", "iters", "samples", "steps", "
 
 
 # Per-optimizer bad values, for hyperparameters whose name says nothing of their range.
-BAD_VALUES: dict[str, dict[str, object]] = {}
+BAD_VALUES: dict[str, dict[str, object]] = {
+    "psgd_kron": {"preconditioner_lr": 0.0, "init_scale": 0.0, "prob_max": 1.5, "prob_min": -0.1, "prob_decay": -1.0,
+                  "prob_flat_start": -1.0, "max_size_triangular": 0, "max_skew_triangular": 0.0,
+                  "min_ndim_triangular": 0},
+    "muon": {"adam_b1": 1.5, "adam_b2": 1.5, "adam_eps_root": -1.0, "adam_weight_decay": -1.0, "consistent_rms": -1.0},
+    "schedule_free_adamw": {"weight_lr_power": -1.0},
+    "schedule_free_sgd": {"weight_lr_power": -1.0},
+    "prodigy": {"estim_lr0": 0.0, "estim_lr_coef": 0.0},
+    "dadapt_adamw": {"estim_lr0": 0.0},
+    "dog": {"init_step_value": 0.0},
+    "cocob": {"alpha": 0.0},
+    "mechanize": {"s_init": 0.0, "num_betas": 0},
+    "polyak_sgd": {"max_learning_rate": 0.0, "f_min": math.nan},
+    "ademamix": {"alpha": -1.0},
+    "adafactor": {"min_dim_size_to_factor": 0, "clipping_threshold": -1.0, "decay_offset": -1},
+}
 
 
 def _bad_value(key: str, name: str = ""):
@@ -237,7 +271,7 @@ def _bad_value(key: str, name: str = ""):
 
 
 # Hyperparameters for which +inf means something, so the inf check skips them.
-INFINITY_MEANS_SOMETHING: dict[str, set[str]] = {}
+INFINITY_MEANS_SOMETHING: dict[str, set[str]] = {"psgd_kron": {"max_skew_triangular"}}
 
 
 def _is_numeric(parameter: inspect.Parameter) -> bool:

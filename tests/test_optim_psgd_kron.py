@@ -39,7 +39,7 @@ def small_model():
 def draws(seed, steps, params, prob):
   """Per step (fit?, probes) from the state's key: key, k_prob, k_probe = split(key, 3); one
   normal probe per leaf (tree-flatten order) from split(k_probe, #leaves); fit iff U(k_prob) < prob."""
-  key, leaves, out = jax.random.key(seed), jax.tree.leaves(params), []
+  key, leaves, out = jax.random.PRNGKey(seed), jax.tree.leaves(params), []
   treedef = jax.tree.structure(params)
   for _ in range(steps):
     key, k_prob, k_probe = jax.random.split(key, 3)

@@ -7,13 +7,13 @@ untouched (`wrapped.optax_alias`). The numbers are optax's (tests/test_optim_con
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import optax
 from optax import contrib
 
 from optlab_jax.optim.registry import register
-from optlab_jax.optim.wrapped import check_decays, check_nonnegatives, optax_alias
+from optlab_jax.optim.wrapped import check_decays, check_nonnegatives, optax_alias, skip_zero_learning_rate
 
 __all__ = ["adopt", "ademamix", "adan", "adabelief", "yogi", "madgrad"]
 
@@ -21,19 +21,21 @@ __all__ = ["adopt", "ademamix", "adan", "adabelief", "yogi", "madgrad"]
 @register("adopt")
 def adopt(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.9999, eps: float = 1e-6,
           mu_dtype: Any = None, *, nesterov: bool = False, use_clipping: bool = True,
-          clip_value_fn=lambda step: step**0.25) -> optax.GradientTransformationExtraArgs:
+          clip_value_fn: Callable | None = None) -> optax.GradientTransformationExtraArgs:
   """ADOPT: Adam with v_{t-1} (not v_t) in the normaliser, and the momentum after it.
 
     m_t = β1 m_{t-1} + (1 − β1) clip(g_t / max(√v_{t-1}, eps), c(t)),   v_t = β2 v_{t-1} + (1 − β2) g_t²
-    p ← p − lr m_t        (v_0 = g_0², no step at t = 0; c(t) = t^¼ when `use_clipping`)
+    p ← p − lr m_t        (v_0 = g_0², no step at t = 0; c(t) = `clip_value_fn(t)` when `use_clipping`,
+                           None: optax's t^¼; a function, so `inject_hyperparams` would take it for a schedule)
 
   References: Taniguchi et al., 2024, ADOPT: Modified Adam can converge with any β2 with the
   optimal rate (arXiv:2411.02853).
   """
   check_decays(b1=b1, b2=b2)
   check_nonnegatives(eps=eps)
+  clip = {} if clip_value_fn is None else {"clip_value_fn": clip_value_fn}
   return optax_alias(contrib.adopt(learning_rate, b1, b2, eps, mu_dtype, nesterov=nesterov,
-                             use_clipping=use_clipping, clip_value_fn=clip_value_fn), learning_rate)
+                                   use_clipping=use_clipping, **clip), learning_rate)
 
 
 @register("ademamix")
@@ -107,10 +109,12 @@ def madgrad(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight
 
     λ_t = lr √(t+1),   s = s + λ_t g,   ν = ν + λ_t g²,   z = p_0 − s / (∛ν + eps)
     p ← momentum · p + (1 − momentum) z            (weight decay adds λ p to g)
+  A step at lr = 0 is exactly zero (see `wrapped.skip_zero_learning_rate`).
 
   References: Defazio & Jelassi, 2021, Adaptivity without compromise: a momentumized, adaptive,
   dual averaged gradient method for stochastic optimization (arXiv:2101.11075).
   """
   check_decays(momentum=momentum)
   check_nonnegatives(weight_decay=weight_decay, eps=eps)
-  return optax_alias(contrib.madgrad(learning_rate, momentum, weight_decay, eps), learning_rate)
+  tx = skip_zero_learning_rate(contrib.madgrad(learning_rate, momentum, weight_decay, eps), learning_rate)
+  return optax_alias(tx, learning_rate)

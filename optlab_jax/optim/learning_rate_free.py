@@ -14,8 +14,8 @@ import optax
 from optax import contrib
 
 from optlab_jax import checks
-from optlab_jax.optim.registry import get, register
-from optlab_jax.optim.wrapped import check_decays, check_nonnegatives, optax_alias
+from optlab_jax.optim.registry import get, names, register
+from optlab_jax.optim.wrapped import check_decays, check_nonnegatives, optax_alias, skip_zero_learning_rate
 
 __all__ = ["prodigy", "dadapt_adamw", "dog", "cocob", "mechanize", "polyak_sgd"]
 
@@ -30,7 +30,8 @@ def prodigy(learning_rate: optax.ScalarOrSchedule = 1.0, b1: float = 0.9, b2: fl
 
     s = β3 s + d_t λ_t g,   r = β3 r + d_t λ_t ⟨g, x_0 − x⟩,   d_{t+1} = max(d_t, coef · r / ‖s‖₁)
     p ← p − d_t λ_t (m̂ / (√v̂ + d_t eps) + wd · p)   (m, v Adam's moments of d_t g; β3 = √β2 if None)
-  optax's `betas` are `b1, b2` here.
+  optax's `betas` are `b1, b2` here. A step at lr = 0 (warm-up from 0) is skipped: optax's
+  estimate is 0/0 there and would make the run NaN (see `wrapped.skip_zero_learning_rate`).
 
   References: Mishchenko & Defazio, 2023, Prodigy: an expeditiously adaptive parameter-free
   learner (arXiv:2306.06101).
@@ -41,7 +42,7 @@ def prodigy(learning_rate: optax.ScalarOrSchedule = 1.0, b1: float = 0.9, b2: fl
   checks.check_positive("estim_lr_coef", estim_lr_coef)
   tx = contrib.prodigy(learning_rate, (b1, b2), beta3, eps, estim_lr0, estim_lr_coef, weight_decay,
                        safeguard_warmup)
-  return optax_alias(tx, learning_rate)
+  return optax_alias(skip_zero_learning_rate(tx, learning_rate), learning_rate)
 
 
 @register("dadapt_adamw")
@@ -118,6 +119,7 @@ def mechanize(learning_rate: optax.ScalarOrSchedule, base: Any = "adam", base_kw
   check_nonnegatives(weight_decay=weight_decay, eps=eps)
   checks.check_positive("s_init", s_init)
   if isinstance(base, str):
+    checks.check_choice("base", base, names())
     base = get(base)(learning_rate, **(base_kwargs or {}))
   tx = contrib.mechanize(base, weight_decay, eps, s_init, int(num_betas))
   return optax_alias(tx, learning_rate)
@@ -136,6 +138,7 @@ def polyak_sgd(learning_rate: optax.ScalarOrSchedule = 1.0, max_learning_rate: f
   Polyak step-size for SGD (AISTATS, arXiv:2002.10542).
   """
   checks.check_positive("max_learning_rate", max_learning_rate)
+  checks.check_in_range("f_min", f_min)
   check_nonnegatives(eps=eps)
   checks.check_choice("variant", variant, ("sps", "sps+"))
   tx = optax.polyak_sgd(max_learning_rate, learning_rate, f_min, eps, variant)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import optax
 from optax import contrib
 
@@ -64,4 +65,19 @@ def muon(
       adam_learning_rate=adam_learning_rate, muon_weight_dimension_numbers=muon_weight_dimension_numbers,
       consistent_rms=consistent_rms,
   )
-  return optax_alias(tx, learning_rate)
+  return optax_alias(_coefficients_in_params_dtype(tx), learning_rate)
+
+
+def _coefficients_in_params_dtype(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` with optax's Newton–Schulz coefficients kept in the params' dtype (a float64 array under
+  x64 otherwise). No number changes: optax casts them to the update's dtype before use."""
+  is_muon = lambda s: isinstance(s, contrib.MuonState)
+
+  def cast(state, dtype):
+    return jax.tree.map(lambda s: s._replace(ns_coeffs=s.ns_coeffs.astype(dtype)) if is_muon(s) else s,
+                        state, is_leaf=is_muon)
+
+  def init_fn(params):  # the update passes the coefficients on as they are
+    return cast(tx.init(params), optax.tree.dtype(params, "lowest"))
+
+  return optax.GradientTransformationExtraArgs(init_fn, optax.with_extra_args_support(tx).update)

@@ -26,7 +26,7 @@ class ScaleByPsgdKronState(NamedTuple):
   count: jax.Array     # int32 scalar: updates applied so far.
   mu: optax.Updates    # momentum, EMA of the gradients (not debiased); tree of params.
   qs: Any              # per leaf a tuple of factors Q_i: upper-triangular d_i×d_i, or a d_i vector (diagonal).
-  key: jax.Array       # PRNG key for the next fit decision and probes.
+  key: jax.Array       # raw PRNG key for the next fit decision and probes.
 
 
 def update_probability_schedule(max_prob: Any = 1.0, min_prob: Any = 0.03, decay: Any = 0.001,
@@ -171,7 +171,8 @@ def scale_by_psgd_kron(
     if value is not None:
       checks.check_positive_int(name, value)
   if max_skew_triangular is not None:
-    checks.check_positive("max_skew_triangular", max_skew_triangular)
+    checks.check_in_range("max_skew_triangular", max_skew_triangular, 0.0, lower_open=True, allow_inf=True)
+  checks.check_seed("seed", seed)
   checks.check_choice("preconditioner", preconditioner, PRECONDITIONERS)
   if update_probability is None:
     update_probability = update_probability_schedule(prob_max, prob_min, prob_decay, prob_flat_start)
@@ -190,7 +191,7 @@ def scale_by_psgd_kron(
   def init_fn(params):
     mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype or p.dtype), params)
     qs = jax.tree.map(init_leaf, params)
-    return ScaleByPsgdKronState(jnp.zeros([], jnp.int32), mu, qs, jax.random.key(seed))
+    return ScaleByPsgdKronState(jnp.zeros([], jnp.int32), mu, qs, jax.random.PRNGKey(seed))
 
   def update_fn(updates, state, params=None, *, obj_fn=None, **extra_args):
     del extra_args
@@ -216,7 +217,7 @@ def scale_by_psgd_kron(
       qs = fit(state.qs)
     else:
       p = update_probability(count) if callable(update_probability) else update_probability
-      qs = jax.lax.cond(jax.random.uniform(prob_key) < p, fit, lambda qs: qs, state.qs)
+      qs = curvature.loops.cond(jax.random.uniform(prob_key) < p, fit, lambda qs: qs, state.qs)  # conv-safe on CPU
     direction = jax.tree.map(lambda m, q: _precondition(q, m), mu, qs)
     max_norm = jnp.sqrt(float(sum(x.size for x in jax.tree.leaves(direction))))
     scale = max_norm / jnp.maximum(max_norm, optax.tree.norm(direction))

@@ -11,6 +11,7 @@ from typing import Any
 import optax
 
 from optlab_jax import checks
+from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 from optlab_jax.optim.wrapped import check_decays, check_nonnegatives, optax_alias
 
@@ -87,4 +88,5 @@ def sm3(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9) -> optax.G
   References: Anil et al., 2019, Memory-efficient adaptive optimization (NeurIPS, arXiv:1901.11150).
   """
   check_decays(momentum=momentum)
-  return optax_alias(optax.sm3(learning_rate, momentum), learning_rate)
+  # optax.sm3 is chain(scale_by_sm3(momentum), scale(−lr)); scale_by_learning_rate also takes schedules.
+  return base.alias(optax.scale_by_sm3(momentum), learning_rate=learning_rate)
