@@ -1,8 +1,8 @@
 """In-training curvature diagnostics, built once and called every k steps by the training loop.
 
 `Monitor(metrics, loss_fn, ...)(params, grads, updates, opt_state, batch, step)` returns a dict
-of scalars (arrays for spectral_density and layer_lambda_max). Inside a jitted loop (traced arguments) everything runs as one XLA program with
-`lax.scan` estimators. Called with concrete arrays it runs one compiled program too, except
+of scalars (arrays for spectral_density and layer_lambda_max). Inside a jitted loop (traced
+arguments) everything runs as one XLA program with `lax.scan` estimators. Called with concrete arrays it runs one compiled program too, except
 where a convolution would sit inside control flow on CPU (40–50× slower there, see
 docs/architecture.md): then the linearisation and each Lanczos step are separate jitted calls driven by
 a Python loop. Both paths compute the same numbers.
