@@ -24,7 +24,7 @@ from optlab_jax import checks
 
 __all__ = [
     "DEFAULT_MAX_PRECOND_DIM", "check_structural", "check_precond_dtype", "precond_dtype",
-    "init_factors", "zip_axes", "unzip_axes", "is_preconditioned", "to_blocks", "from_blocks", "padding_masks", "factor_statistics",
+    "init_factors", "pack", "unpack", "is_preconditioned", "to_blocks", "from_blocks", "padding_masks", "factor_statistics",
     "update_factors", "all_finite", "apply_per_axis", "inverse_root", "eigenbasis", "power_qr_basis",
 ]
 
@@ -60,44 +60,38 @@ def check_precond_dtype(name: str, value: str | None) -> None:
     raise ValueError(f"{name}='float64' needs jax.config.update('jax_enable_x64', True)")
 
 
-def init_factors(params: Any, max_precond_dim: int | None, block_size: int | None,
-                 dtype: str | None, eye: bool) -> tuple:
-  """Zero (or identity, `eye`) factors of every preconditioned leaf, laid out by `zip_axes`."""
-  def leaf(p):
-    if not is_preconditioned(p, max_precond_dim, block_size):
-      return ()
-    n, *dims = jax.eval_shape(lambda x: to_blocks(x, block_size), p).shape
-    d = precond_dtype(dtype, p.dtype)
-    make = lambda b: jnp.broadcast_to(jnp.eye(b, dtype=d), (n, b, b)) if eye else jnp.zeros((n, b, b), d)
-    return tuple(make(b) for b in dims)
-  return zip_axes([leaf(p) for p in jax.tree.leaves(params)], params)
+def _factor_dims(shape: tuple[int, ...], block_size: int | None) -> tuple[int, list[int]]:
+  dims = _block_dims(shape, block_size)
+  return math.prod(-(-n // b) for n, b in zip(shape, dims)), list(dims)
 
 
-def zip_axes(per_leaf: list[tuple], like: Any, template: tuple | None = None) -> tuple:
-  """Per-leaf tuples of factors → a tuple over axis i of trees shaped like `like`.
+def init_factors(p: Any, max_precond_dim: int | None, block_size: int | None, dtype: str | None,
+                 eye: bool) -> jax.Array:
+  """Leaf `p`'s zero (or identity, `eye`) factors, `pack`ed; a (0,) array for a fallback leaf."""
+  if not is_preconditioned(p, max_precond_dim, block_size):
+    return jnp.zeros((0,), p.dtype)
+  n, dims = _factor_dims(p.shape, block_size)
+  d = precond_dtype(dtype, p.dtype)
+  make = lambda b: jnp.broadcast_to(jnp.eye(b, dtype=d), (n, b, b)) if eye else jnp.zeros((n, b, b), d)
+  return pack(tuple(make(b) for b in dims))
 
-  Tree i holds each leaf's factor of axis i, or a (0,)-shaped placeholder where it has none
-  (taken from `template`, trees of the same layout, when given, so that dtypes never drift).
-  Factors live in trees of the params' structure, not in per-leaf tuples, because
-  `nnx.Optimizer` turns tuples nested inside its state into int-keyed dicts.
+
+def pack(factors: tuple) -> jax.Array:
+  """A leaf's factors (N, b_i, b_i), i = 1…k, as one flat array.
+
+  State holds one array per leaf (trees shaped like params): `nnx.Optimizer` turns tuples nested
+  in its state into int-keyed dicts, and `optax.tree.map_params` needs a params-independent layout.
   """
-  leaves, treedef = jax.tree.flatten(like)
-  k = max(map(len, per_leaf), default=0)
-  old = [treedef.flatten_up_to(t) for t in template] if template is not None else None
-
-  def placeholder(i, j, x):
-    return old[i][j] if old is not None else jnp.zeros((0,), jnp.result_type(x))
-
-  return tuple(treedef.unflatten([f[i] if i < len(f) else placeholder(i, j, x)
-                                  for j, (f, x) in enumerate(zip(per_leaf, leaves))]) for i in range(k))
+  return jnp.concatenate([f.ravel() for f in factors])
 
 
-def unzip_axes(trees: tuple, like: Any) -> list[tuple]:
-  """Inverse of `zip_axes`: per leaf of `like`, its tuple of factors (() for a fallback leaf)."""
-  leaves, treedef = jax.tree.flatten(like)
-  columns = [treedef.flatten_up_to(t) for t in trees]
-  return [tuple(c[j] for c in columns[:x.ndim]) if columns and columns[0][j].ndim == 3 else ()
-          for j, x in enumerate(leaves)]
+def unpack(flat: jax.Array, shape: tuple[int, ...], block_size: int | None) -> tuple:
+  """Inverse of `pack` for a leaf of `shape`; () for a fallback leaf's empty array."""
+  if flat.size == 0:
+    return ()
+  n, dims = _factor_dims(shape, block_size)
+  offsets = np.cumsum([0] + [n * b * b for b in dims])
+  return tuple(flat[o:o + n * b * b].reshape(n, b, b) for o, b in zip(offsets, dims))
 
 
 def _block_dims(shape: tuple[int, ...], block_size: int | None) -> tuple[int, ...]:

@@ -16,10 +16,10 @@ __all__ = ["ScaleByShampooState", "scale_by_shampoo", "shampoo"]
 
 
 class ScaleByShampooState(NamedTuple):
-  """State of `scale_by_shampoo`; `factors` and `roots` are laid out by `kronecker.zip_axes`."""
+  """State of `scale_by_shampoo`; a fallback leaf's factors and roots are (0,)-shaped."""
   adam: optax.ScaleByAdamState  # count; EMAs of g and g² for every leaf (momentum, graft, fallback).
-  factors: tuple                # per axis i, a params tree of F_i = EMA (or sum) of G_(i) G_(i)ᵀ.
-  roots: tuple                  # per axis i, a params tree of (F_i + ε λ_max I)^e at the last refresh.
+  factors: Any                  # per leaf, `kronecker.pack`ed F_i = EMA (or sum) of G_(i) G_(i)ᵀ.
+  roots: Any                    # per leaf, packed (F_i + ε λ_max I)^e from the last refresh.
 
 
 def _graft(blocks: jax.Array, reference: jax.Array) -> jax.Array:
@@ -86,26 +86,35 @@ def scale_by_shampoo(
   adam = optax.scale_by_adam(b1, b2, eps)
 
   def init_fn(params):
-    init = lambda eye: kronecker.init_factors(params, max_precond_dim, block_size, precond_dtype, eye)
+    init = lambda eye: jax.tree.map(
+        lambda p: kronecker.init_factors(p, max_precond_dim, block_size, precond_dtype, eye), params)
     return ScaleByShampooState(adam.init(params), init(False), init(True))
 
   def update_fn(updates, state, params=None):
     del params
     adam_updates, adam_state = adam.update(updates, state.adam)
     m_hat = optax.tree.bias_correction(adam_state.mu, b1, adam_state.count)
-    grads, treedef = jax.tree.flatten(updates)
-    factors = [f and kronecker.update_factors(f, kronecker.to_blocks(g, block_size), factor_decay)
-               for g, f in zip(grads, kronecker.unzip_axes(state.factors, updates))]
+    unpack = lambda flat, g: kronecker.unpack(flat, g.shape, block_size)
 
-    def refresh(roots):
-      def leaf(g, f):
-        e = -1.0 / (2 * g.ndim) if exponent is None else exponent
-        return tuple(kronecker.inverse_root(x, e, damping, inverse_root) for x in f)
-      return kronecker.zip_axes([f and leaf(g, f) for g, f in zip(grads, factors)], updates, roots),
+    def leaf_factors(g, flat):
+      if not flat.size:
+        return flat
+      return kronecker.pack(kronecker.update_factors(unpack(flat, g), kronecker.to_blocks(g, block_size), factor_decay))
 
-    roots, = base.every_k_steps(state.adam.count, precondition_every, refresh, state.roots)
+    factors = jax.tree.map(leaf_factors, updates, state.factors)
 
-    def direction(g, m, a, r):
+    def leaf_roots(g, flat, old):
+      if not flat.size:
+        return old
+      e = -1.0 / (2 * g.ndim) if exponent is None else exponent
+      return kronecker.pack(tuple(kronecker.inverse_root(x, e, damping, inverse_root) for x in unpack(flat, g)))
+
+    roots, = base.every_k_steps(
+        state.adam.count, precondition_every,
+        lambda roots: (jax.tree.map(leaf_roots, updates, factors, roots),), state.roots)
+
+    def direction(g, m, a, flat):
+      r = unpack(flat, g)
       if not r:
         return (m if graft == "sgd" else a).astype(g.dtype)
       blocks = kronecker.apply_per_axis(kronecker.to_blocks(m.astype(r[0].dtype), block_size), r)
@@ -114,10 +123,8 @@ def scale_by_shampoo(
         blocks = _graft(blocks, reference)
       return kronecker.from_blocks(blocks, m.shape, block_size).astype(g.dtype)
 
-    out = map(direction, grads, treedef.flatten_up_to(m_hat), treedef.flatten_up_to(adam_updates),
-              kronecker.unzip_axes(roots, updates))
-    factors = kronecker.zip_axes(factors, updates, state.factors)
-    return treedef.unflatten(list(out)), ScaleByShampooState(adam_state, factors, roots)
+    out = jax.tree.map(direction, updates, m_hat, adam_updates, roots)
+    return out, ScaleByShampooState(adam_state, factors, roots)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -16,12 +17,14 @@ __all__ = ["ScaleBySoapState", "scale_by_soap", "soap"]
 
 
 class ScaleBySoapState(NamedTuple):
-  """State of `scale_by_soap`; `factors` and `bases` are laid out by `kronecker.zip_axes`."""
+  """State of `scale_by_soap`; a fallback leaf's factors and bases are (0,)-shaped."""
   count: jax.Array     # int32 scalar: updates so far (the first one only starts the factors).
   mu: optax.Updates    # EMA of g in parameter space; tree of params.
   nu: Any              # EMA of (Qᵀ g)² in the eigenbasis: blocks (N, b_1, …, b_k), or the leaf's shape.
-  factors: tuple       # per axis i, a params tree of F_i = EMA of G_(i) G_(i)ᵀ, (N, b_i, b_i).
-  bases: tuple         # per axis i, a params tree of Q_i: F_i's eigenbasis, by descending eigenvalue.
+  # mu and nu of a preconditioned leaf are in `precond_dtype`: with a bfloat16 m, Qᵀm has rounding
+  # noise in directions where Qᵀg (hence √v) is ~0, and m'/√v explodes.
+  factors: Any         # per leaf, `kronecker.pack`ed F_i = EMA of G_(i) G_(i)ᵀ, (N, b_i, b_i).
+  bases: Any           # per leaf, packed Q_i: F_i's eigenbasis, columns by descending eigenvalue.
 
 
 def scale_by_soap(
@@ -68,17 +71,19 @@ def scale_by_soap(
     return kronecker.is_preconditioned(p, max_precond_dim, block_size)
 
   def init_fn(params):
-    init = lambda eye: kronecker.init_factors(params, max_precond_dim, block_size, precond_dtype, eye)
+    init = lambda eye: jax.tree.map(
+        lambda p: kronecker.init_factors(p, max_precond_dim, block_size, precond_dtype, eye), params)
     blocked = lambda p: jax.eval_shape(lambda x: kronecker.to_blocks(x, block_size), p).shape
-    nu = jax.tree.map(lambda p: jnp.zeros(blocked(p) if preconditioned(p) else p.shape, p.dtype), params)
-    return ScaleBySoapState(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params), nu, init(False), init(True))
+    dtype = lambda p: kronecker.precond_dtype(precond_dtype, p.dtype) if preconditioned(p) else p.dtype
+    mu = jax.tree.map(lambda p: jnp.zeros(p.shape, dtype(p)), params)
+    nu = jax.tree.map(lambda p: jnp.zeros(blocked(p) if preconditioned(p) else p.shape, dtype(p)), params)
+    return ScaleBySoapState(jnp.zeros([], jnp.int32), mu, nu, init(False), init(True))
 
   def update_fn(updates, state, params=None):
     del params
     first = state.count == 0
     steps = jnp.maximum(state.count, 1)
-    grads, treedef = jax.tree.flatten(updates)
-    bases = kronecker.unzip_axes(state.bases, updates)
+    unpack = lambda flat, g: kronecker.unpack(flat, g.shape, block_size)
 
     def rotate(x, q):
       """x's blocks in the eigenbasis (Qᵀ on every axis); x itself for a fallback leaf."""
@@ -86,48 +91,52 @@ def scale_by_soap(
         return x
       return kronecker.apply_per_axis(kronecker.to_blocks(x.astype(q[0].dtype), block_size), q, transpose=True)
 
-    mu = optax.tree.cast_like(optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
-    mus, nus = treedef.flatten_up_to(mu), treedef.flatten_up_to(state.nu)
-    nus = [(b2 * v + (1 - b2) * jnp.square(rotate(g, q))).astype(v.dtype) for g, v, q in zip(grads, nus, bases)]
-
-    def direction(g, m, v, q):
+    def leaf_step(g, m, v, flat_q):
+      q = unpack(flat_q, g)
+      m = (b1 * m + (1 - b1) * g).astype(m.dtype)
+      v = (b2 * v + (1 - b2) * jnp.square(rotate(g, q))).astype(v.dtype)
       n = (rotate(m, q) / (1 - b1 ** steps)) / (jnp.sqrt(v / (1 - b2 ** steps)) + eps)
       if q:
         n = kronecker.from_blocks(kronecker.apply_per_axis(n, q), g.shape, block_size)
-      return jnp.where(first, 0, n).astype(g.dtype)
+      return jnp.where(first, 0, n).astype(g.dtype), m, v
 
-    out = treedef.unflatten(list(map(direction, grads, mus, nus, bases)))
+    stepped = jax.tree.map(leaf_step, updates, state.mu, state.nu, state.bases)
+    out, mu, nu = jax.tree.transpose(jax.tree.structure(updates), jax.tree.structure((0, 0, 0)), stepped)
     mu = jax.tree.map(lambda new, old: jnp.where(first, old, new), mu, state.mu)
-    nu = jax.tree.map(lambda new, old: jnp.where(first, old, new), treedef.unflatten(nus), state.nu)
+    nu = jax.tree.map(lambda new, old: jnp.where(first, old, new), nu, state.nu)
     decay = b2 if factor_decay is None else factor_decay
-    factors = [f and kronecker.update_factors(f, kronecker.to_blocks(g, block_size), decay)
-               for g, f in zip(grads, kronecker.unzip_axes(state.factors, updates))]
 
-    def leaf_refresh(g, f, q, v, start: bool):
-      if not f:
-        return q, v
+    def leaf_factors(g, flat):
+      if not flat.size:
+        return flat
+      return kronecker.pack(kronecker.update_factors(unpack(flat, g), kronecker.to_blocks(g, block_size), decay))
+
+    factors = jax.tree.map(leaf_factors, updates, state.factors)
+
+    def leaf_refresh(start: bool, g, flat_f, flat_q, v):
+      if not flat_f.size:
+        return flat_q, v
       pads = kronecker.padding_masks(g.shape, block_size)
+      f, q = unpack(flat_f, g), unpack(flat_q, g)
       if start:
-        return tuple(map(kronecker.eigenbasis, f, pads)), v
+        return kronecker.pack(tuple(map(kronecker.eigenbasis, f, pads))), v
       new_q = []
       for i, (x, qi, pad) in enumerate(zip(f, q, pads)):
         qi, order = kronecker.power_qr_basis(x, qi, pad)
         order = order.reshape(order.shape[:1] + (1,) * i + order.shape[1:] + (1,) * (v.ndim - i - 2))
         v = jnp.take_along_axis(v, order, axis=i + 1)
         new_q.append(qi)
-      return tuple(new_q), v
+      return kronecker.pack(tuple(new_q)), v
 
     def refresh(bases, nu):
       def run(start):
         def fn(bases, nu):
-          leaves = zip(grads, factors, kronecker.unzip_axes(bases, updates), treedef.flatten_up_to(nu))
-          new_bases, new_nu = zip(*(leaf_refresh(*leaf, start) for leaf in leaves))
-          return kronecker.zip_axes(list(new_bases), updates, bases), treedef.unflatten(list(new_nu))
+          pairs = jax.tree.map(functools.partial(leaf_refresh, start), updates, factors, bases, nu)
+          return jax.tree.transpose(jax.tree.structure(updates), jax.tree.structure((0, 0)), pairs)
         return fn
       return jax.lax.cond(first, run(True), run(False), bases, nu)
 
     bases, nu = base.every_k_steps(state.count, precondition_every, refresh, state.bases, nu)
-    factors = kronecker.zip_axes(factors, updates, state.factors)
     return out, ScaleBySoapState(optax.safe_increment(state.count), mu, nu, factors, bases)
 
   return optax.GradientTransformation(init_fn, update_fn)
