@@ -30,8 +30,8 @@ __all__ = ["connectivity", "contour", "curves", "plot_directory", "save", "spect
 _FLOOR = 1e-12  # log-scale densities: values below this are drawn at it
 
 
-def contour(xs: Any, ys: Any, values: Any, *, trajectory: Any = None, title: str = "loss", levels: int = 30,
-            labels: tuple[str, str] = ("direction 1", "direction 2")) -> Figure:
+def contour(xs: Any, ys: Any, values: Any, *, trajectory: Any = None, title: str = "", metric: str = "loss",
+            levels: int = 30, labels: tuple[str, str] = ("direction 1", "direction 2")) -> Figure:
   """Filled contours of `values` (len(ys), len(xs)) on a log scale where positive; `trajectory`
   (T, 2) coordinates drawn as a line from its start (circle) to its end (star)."""
   values = np.asarray(values, np.float64)
@@ -41,14 +41,14 @@ def contour(xs: Any, ys: Any, values: Any, *, trajectory: Any = None, title: str
   z = np.log10(values) if positive else values
   filled = ax.contourf(xs, ys, z, levels=levels, cmap="viridis")
   ax.contour(xs, ys, z, levels=levels, colors="k", linewidths=0.3, alpha=0.5)
-  fig.colorbar(filled, ax=ax, label=f"log10 {title}" if positive else title)
+  fig.colorbar(filled, ax=ax, label=f"log10 {metric}" if positive else metric)
   if trajectory is not None:
     t = np.asarray(trajectory)
     ax.plot(t[:, 0], t[:, 1], "-", color="w", linewidth=1.5)
     ax.plot(t[0, 0], t[0, 1], "o", color="w", label="start")
     ax.plot(t[-1, 0], t[-1, 1], "*", color="r", markersize=12, label="end")
     ax.legend(fontsize="small")
-  ax.set(xlabel=labels[0], ylabel=labels[1], title=title)
+  ax.set(xlabel=labels[0], ylabel=labels[1], title=title or metric)
   return fig
 
 
