@@ -91,8 +91,8 @@ class CNN1D(nnx.Module):
     return self.head(x.reshape(*x.shape[:-2], -1))
 
 
-def causal_attention(query, key, value, mask, **unused):
-  """Softmax attention [..., T, heads, d] computed in the inputs' dtype (flax's fast path hands
+def masked_attention(query, key, value, mask, **unused):
+  """Softmax attention [..., T, heads, d] under `mask`, in the inputs' dtype (flax's fast path hands
   it to `jax.nn.dot_product_attention`, whose softmax runs in float32 even for float64 inputs)."""
   del unused  # dropout and precision arguments of nnx.MultiHeadAttention's attention_fn
   logits = jnp.einsum("...qhd,...khd->...hqk", query, key) / jnp.sqrt(query.shape[-1]).astype(query.dtype)
@@ -108,7 +108,7 @@ class Block(nnx.Module):
     init = nnx.initializers.normal(0.02)
     self.ln1, self.ln2 = nnx.LayerNorm(width, **kw), nnx.LayerNorm(width, **kw)
     self.attn = nnx.MultiHeadAttention(
-        num_heads, width, kernel_init=init, attention_fn=causal_attention, decode=False,
+        num_heads, width, kernel_init=init, attention_fn=masked_attention, decode=False,
         deterministic=True, keep_rngs=False, **kw,
     )
     self.up = nnx.Linear(width, mlp_width, kernel_init=init, **kw)
