@@ -19,7 +19,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from optlab_jax import optim
-from tests import problems_for_tests as P
+from tests import optim_problems as P
 
 STEPS = 20
 MASK = {"a": True, "b": {"c": False}}           # for the quadratic's two leaves

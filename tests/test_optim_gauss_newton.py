@@ -158,3 +158,28 @@ def test_missing_extra_arg_names_keyword_and_lambda(name, missing):
 def test_bad_likelihood_raises():
   with pytest.raises(ValueError, match="likelihood"):
     optim.get("natural_gradient")(1.0, likelihood="poisson")
+
+
+def test_natural_gradient_gaussian_regression_matches_dense_fisher_solve():
+  # A tanh network with 2 outputs per example over a batch of 40, unit-variance Gaussian likelihood:
+  # the Fisher of the mean NLL is F = (1/B) Σ_b J_bᵀ J_b (the GGN), built here from jax.jacobian.
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(40, 3)))
+  params = {"w1": jnp.asarray(rng.normal(size=(3, 4))), "w2": jnp.asarray(0.5 * rng.normal(size=(4, 2)))}
+  y = jnp.asarray(rng.normal(size=(40, 2)))
+  model_fn = lambda p: jnp.tanh(x @ p["w1"]) @ p["w2"]
+  loss = lambda p: 0.5 * jnp.mean(jnp.sum((model_fn(p) - y) ** 2, axis=1))
+  damping = 0.1
+  flat, unravel = ravel_pytree(params)
+  g = jax.grad(loss)(params)
+  jac = np.asarray(jax.jacobian(lambda v: model_fn(unravel(v)))(flat))          # (B, 2, P)
+  fisher = sum(j.T @ j for j in jac) / len(jac)
+  expected = np.linalg.solve(fisher + damping * np.eye(flat.size), np.asarray(ravel_pytree(g)[0]))
+
+  def error(num_samples):
+    tx = optim.scale_by_natural_gradient(damping=damping, likelihood="gaussian", num_samples=num_samples)
+    d, _ = jax.jit(lambda g, s, p: tx.update(g, s, p, model_fn=model_fn))(g, tx.init(params), params)
+    return np.linalg.norm(ravel_pytree(d)[0] - expected) / np.linalg.norm(expected)
+
+  few, many = error(100), error(4000)
+  assert many < 0.03 and many < few / 3, (few, many)

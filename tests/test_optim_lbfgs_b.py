@@ -12,7 +12,7 @@ import scipy.optimize
 from jax.flatten_util import ravel_pytree
 
 from optlab_jax import optim
-from tests import problems_for_tests as P
+from tests import optim_problems as P
 
 
 def _run(tx, obj_fn, params, steps):
@@ -41,10 +41,10 @@ def _scipy(obj_fn, params, lower, upper):
 
 
 def _bounded_quadratic():
-  """½xᵀAx − bᵀx (κ = 100, 10-d) on [−0.5, 0.5]¹⁰, b large enough that the box binds."""
+  """½xᵀAx − bᵀx (κ = 100, 10-d) on [−0.5, 0.5]¹⁰, b large enough that the box binds some coordinates, not all."""
   problem = P.quadratic(jnp.float64, condition=100.0)
-  b = jnp.asarray(np.random.default_rng(1).normal(size=10) * 20.0)
-  obj_fn = lambda p: problem.obj_fn(p) - b @ P._join(p)
+  b = jnp.asarray(np.random.default_rng(1).normal(size=10) * 5.0)
+  obj_fn = lambda p: problem.obj_fn(p) - b @ P.join(p)
   return obj_fn, problem.params, -0.5, 0.5, np.full(10, -0.5), np.full(10, 0.5)
 
 
@@ -112,12 +112,42 @@ def test_unbounded_first_step_is_a_unit_gradient_step():
   chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], trajectory), expected, rtol=1e-12)
 
 
-def test_lbfgs_is_optax_lbfgs():
+def _two_loop(g, pairs):
+  """H_k g by the L-BFGS two-loop recursion, H_0 = γI with γ = sᵀy / yᵀy of the newest pair
+  (Nocedal & Wright, 2006, Algorithm 7.4 and eq. 7.20)."""
+  q, alphas = g.copy(), []
+  for s, y in reversed(pairs):
+    alphas.append((s @ q) / (y @ s))
+    q = q - alphas[-1] * y
+  s, y = pairs[-1]
+  r = (s @ y) / (y @ y) * q
+  for (s, y), a in zip(pairs, reversed(alphas)):
+    r = r + s * (a - (y @ r) / (y @ s))
+  return r
+
+
+def test_lbfgs_steps_along_the_two_loop_direction_with_a_wolfe_step():
+  # Oracle: a numpy transcription of L-BFGS (memory 10) on our own iterates' (s, y) pairs; each
+  # step must be a positive multiple of −H_k g_k that satisfies the strong Wolfe conditions.
   problem = P.rosenbrock(jnp.float64)
-  ours, _ = _run(optim.get("lbfgs")(1.0), problem.obj_fn, problem.params, 60)
-  reference, _ = _run(optax.lbfgs(1.0), problem.obj_fn, problem.params, 60)
-  chex.assert_trees_all_close(ours, reference, rtol=1e-12)
-  assert float(problem.obj_fn(ours)) < 1e-10
+  final, trajectory = _run(optim.get("lbfgs")(1.0), problem.obj_fn, problem.params, 60)
+  assert float(problem.obj_fn(final)) < 1e-10
+  flat = lambda p: np.asarray(ravel_pytree(p)[0])
+  xs = [flat(problem.params)] + [flat(jax.tree.map(lambda x: x[k], trajectory)) for k in range(60)]
+  f = jax.jit(lambda v: problem.obj_fn({"x": v}))
+  grad = jax.jit(jax.grad(lambda v: problem.obj_fn({"x": v})))
+  gs = [np.asarray(grad(x)) for x in xs]
+  checked = 0
+  for k in range(1, 60):
+    if np.linalg.norm(gs[k]) < 1e-5:
+      break
+    pairs = [(xs[i + 1] - xs[i], gs[i + 1] - gs[i]) for i in range(max(0, k - 10), k)]
+    d, step = -_two_loop(gs[k], pairs), xs[k + 1] - xs[k]
+    np.testing.assert_allclose(step @ d / (np.linalg.norm(step) * np.linalg.norm(d)), 1.0, atol=1e-9)
+    assert float(f(xs[k + 1])) <= float(f(xs[k])) + 1e-4 * (gs[k] @ step)          # sufficient decrease
+    assert abs(gs[k + 1] @ step) <= 0.9 * abs(gs[k] @ step) + 1e-12                # strong curvature
+    checked += 1
+  assert checked >= 10
 
 
 @pytest.mark.parametrize("missing", ["value", "grad", "value_fn"])

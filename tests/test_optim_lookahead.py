@@ -11,7 +11,7 @@ import pytest
 import optlab_jax
 from optlab_jax import checks
 from optlab_jax.optim.lookahead import with_lookahead
-from tests import problems_for_tests as P
+from tests import optim_problems as P
 
 
 def _ours(tx, problem, steps):

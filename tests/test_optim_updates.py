@@ -19,7 +19,7 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from optlab_jax import optim
-from tests import problems_for_tests as P
+from tests import optim_problems as P
 from tests.test_optim_wrappers import MLP, data, extra_args, tuning
 
 NAMES = optim.names()

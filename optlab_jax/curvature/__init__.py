@@ -10,8 +10,10 @@ over jitted steps, everything else a `lax.scan`).
 """
 
 from optlab_jax.curvature.fisher import (
+    DEFAULT_LIKELIHOOD,
     LIKELIHOODS,
     check_likelihood,
+    check_outputs,
     empirical_fisher_fn,
     fisher_fn,
     nll,
@@ -27,7 +29,8 @@ from optlab_jax.curvature.products import ggn_fn, hvp, hvp_fn, linearize_transpo
 from optlab_jax.curvature.slq import gaussian_density, slq_density, slq_moments, slq_quadrature
 
 __all__ = [
-    "LIKELIHOODS", "LOOPS", "LanczosEigs", "LanczosResult", "TraceEstimate", "check_likelihood",
+    "DEFAULT_LIKELIHOOD", "LIKELIHOODS", "LOOPS", "LanczosEigs", "LanczosResult", "TraceEstimate",
+    "check_likelihood", "check_outputs",
     "empirical_fisher_fn", "fisher_fn", "gaussian_density", "ggn_fn", "has_primitive",
     "hutchinson_diag", "hutchinson_trace", "hutchpp_trace", "hvp", "hvp_fn", "lanczos",
     "lanczos_eigs", "linearize_transpose", "nll", "per_example_nll", "power_extremes",

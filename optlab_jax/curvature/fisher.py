@@ -18,14 +18,33 @@ from jax.tree_util import Partial
 from optlab_jax import checks
 from optlab_jax.curvature.products import linearize_transpose
 
-__all__ = ["LIKELIHOODS", "check_likelihood", "per_example_nll", "nll", "sample_targets", "fisher_fn", "empirical_fisher_fn"]
+__all__ = ["DEFAULT_LIKELIHOOD", "LIKELIHOODS", "check_likelihood", "check_outputs", "per_example_nll", "nll", "sample_targets", "fisher_fn", "empirical_fisher_fn"]
 
 LIKELIHOODS = ("categorical", "gaussian")
+# The one default of every optimizer that samples from the model (natural_gradient, sophia_g,
+# kfac): classifiers and language models are the common case; a regression model's outputs
+# contradict it and raise in `check_outputs`, naming likelihood="gaussian".
+DEFAULT_LIKELIHOOD = "categorical"
 
 
 def check_likelihood(likelihood: str) -> None:
   """`ValueError` unless `likelihood` names a supported predictive distribution."""
   checks.check_choice("likelihood", likelihood, LIKELIHOODS)
+
+
+def check_outputs(outputs: Any, likelihood: str) -> None:
+  """`ValueError` naming `likelihood` when the model's outputs cannot be its parameters: categorical
+  needs logits [batch, ..., classes] with at least 2 classes; both need a leading batch axis and
+  floating-point outputs. Static (shapes and dtypes), so it raises at trace time."""
+  shape, dtype = tuple(outputs.shape), outputs.dtype   # arrays and jax.ShapeDtypeStruct alike
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"likelihood={likelihood!r} needs floating-point model outputs, got {dtype}")
+  if likelihood == "categorical" and (len(shape) < 2 or shape[-1] < 2):
+    raise ValueError(
+        f"likelihood='categorical' needs model outputs of logits [batch, ..., classes >= 2], got shape "
+        f"{shape}; for a regression model pass likelihood='gaussian'")
+  if likelihood == "gaussian" and len(shape) < 1:
+    raise ValueError(f"likelihood='gaussian' needs model outputs with a leading batch axis, got shape {shape}")
 
 
 def per_example_nll(outputs: jax.Array, targets: jax.Array, likelihood: str) -> jax.Array:
@@ -49,6 +68,7 @@ def sample_targets(key: jax.Array, outputs: jax.Array, likelihood: str) -> jax.A
   categorical: int32 labels y ∼ Categorical(softmax(outputs)); gaussian: y = outputs + N(0, I).
   """
   check_likelihood(likelihood)
+  check_outputs(outputs, likelihood)
   outputs = jax.lax.stop_gradient(outputs)
   if likelihood == "categorical":
     return jax.random.categorical(key, outputs, axis=-1).astype(jnp.int32)
@@ -82,6 +102,7 @@ def fisher_fn(
   Kunstner et al., 2019, Limitations of the empirical Fisher approximation.
   """
   check_likelihood(likelihood)
+  check_outputs(jax.eval_shape(model_fn, params), likelihood)
   outputs, jvp, vjp = linearize_transpose(model_fn, params)
   keys = jax.random.split(key, num_samples)
   targets = jax.vmap(sample_targets, in_axes=(0, None, None))(keys, outputs, likelihood)

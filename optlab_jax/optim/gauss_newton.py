@@ -74,7 +74,7 @@ def scale_by_natural_gradient(
     damping: float = 1.0,
     max_cg_iters: int = 50,
     cg_tol: float = 1e-10,
-    likelihood: str = "gaussian",
+    likelihood: str = curvature.DEFAULT_LIKELIHOOD,
     num_samples: int | None = None,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -128,7 +128,7 @@ def natural_gradient(
     damping: float = 1.0,
     max_cg_iters: int = 50,
     cg_tol: float = 1e-10,
-    likelihood: str = "gaussian",
+    likelihood: str = curvature.DEFAULT_LIKELIHOOD,
     num_samples: int | None = None,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:

@@ -49,7 +49,7 @@ def scale_by_kfac(
     inverse_every: int = 10,
     kl_clip: float | None = 1e-3,
     learning_rate: optax.ScalarOrSchedule = 1.0,
-    likelihood: str = "categorical",
+    likelihood: str = curvature.DEFAULT_LIKELIHOOD,
     empirical: bool = False,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -196,7 +196,7 @@ def kfac(
     inverse_every: int = 10,
     kl_clip: float | None = 1e-3,
     weight_decay: float = 0.0,
-    likelihood: str = "categorical",
+    likelihood: str = curvature.DEFAULT_LIKELIHOOD,
     empirical: bool = False,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:

@@ -52,7 +52,7 @@ def scale_by_sophia(
     seed: int = 0,
     *,
     estimator: str = "hutchinson",
-    likelihood: str = "categorical",
+    likelihood: str = curvature.DEFAULT_LIKELIHOOD,
 ) -> optax.GradientTransformationExtraArgs:
   """Sophia direction, with Hutchinson (Sophia-H) or Gauss-Newton-Bartlett (Sophia-G) curvature.
 
@@ -168,7 +168,7 @@ def sophia_g(
     clip_threshold: float = 1.0,
     update_interval: int = 10,
     seed: int = 0,
-    likelihood: str = "categorical",
+    likelihood: str = curvature.DEFAULT_LIKELIHOOD,
 ) -> optax.GradientTransformationExtraArgs:
   """Sophia-G: p ← p − lr · (d_t + wd · p), Gauss-Newton-Bartlett curvature (see `gnb_diag`).
 

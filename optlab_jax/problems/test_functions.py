@@ -49,6 +49,7 @@ def quadratic(dim: int = 10, condition: float = 100.0, data_seed: int = 0, dtype
       sample_fn=lambda data, key, batch_size: sample_rows(data["train"], key, batch_size),
       metrics_fn=metrics_fn,
       data=data,
+      likelihood="gaussian",  # ½ Σ residual²: dim × the mean Gaussian NLL of the rows
       minimum=0.0,
   )
 
@@ -94,5 +95,6 @@ def rosenbrock(dim: int = 2, init_noise: float = 0.0, dtype: Dtype = "float32") 
       sample_fn=sample_fn,
       metrics_fn=metrics_fn,
       data={},
+      likelihood="gaussian",  # ‖r‖² over the residuals r: 4 × their mean Gaussian NLL
       minimum=0.0,
   )
