@@ -112,15 +112,6 @@ def test_conv_on_cpu_runs_python_loop_and_compiles_once():
   assert apply._cache_size() == compiled, "a second monitor call at new params recompiled the matvec"
 
 
-def test_eos_ratio_reads_injected_learning_rate():
-  args, ctx = _setup("mlp")
-  tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.3)
-  state = tx.init(ctx["params"])
-  out = Monitor(["lambda_max", "eos_ratio"], lanczos_iters=40, **args)(
-      ctx["params"], ctx["grads"], ctx["updates"], state, None, 0)
-  np.testing.assert_allclose(float(out["eos_ratio"]), 0.3 * float(out["lambda_max"]) / 2, rtol=1e-6)
-
-
 def test_bad_arguments_raise():
   with pytest.raises(ValueError, match="unknown monitor metrics"):
     Monitor(["sharpness"], loss_fn=lambda p, b: 0.0)
