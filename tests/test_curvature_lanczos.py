@@ -27,13 +27,23 @@ def test_top5_and_bottom5_match_eigvalsh_within_60_iterations(name):
     assert np.max(np.linalg.norm(residual, axis=1)) < 1e-4 * np.max(np.abs(eig))
 
 
-def test_basis_is_orthonormal_and_tridiagonal_is_its_projection():
-  c = case("mlp")
-  result = curvature.lanczos(c.hvp, c.params, jax.random.key(1), 20)
-  q = np.asarray(_rows(result.basis))                                       # (20, n)
-  np.testing.assert_allclose(q @ q.T, np.eye(20), atol=1e-12)
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("reorth", ["full", "partial"])
+def test_basis_is_orthonormal_and_tridiagonal_is_its_projection(name, reorth):
+  # 60 steps on 185 / 113 dimensions: Ritz values converge, so plain Lanczos loses orthogonality.
+  c = case(name)
+  result = curvature.lanczos(c.hvp, c.params, jax.random.key(1), 60, reorth=reorth)
+  q = np.asarray(_rows(result.basis))                                       # (60, n)
   t = np.asarray(curvature.tridiagonal(result.alphas, result.betas))
-  np.testing.assert_allclose(t, q @ c.hessian @ q.T, atol=1e-12 * np.abs(c.hessian).max() * 10)
+  passes = int(np.sum(result.reorthogonalised))
+  if reorth == "full":
+    np.testing.assert_allclose(q @ q.T, np.eye(60), atol=1e-12)
+    np.testing.assert_allclose(t, q @ c.hessian @ q.T, atol=1e-12 * np.abs(c.hessian).max() * 10)
+    assert passes == 60
+  else:   # semi-orthogonal (Simon 1984): |q_jᵀ q_k| ≤ √ε, and T = QᵀAQ far below √ε‖A‖, in few passes.
+    np.testing.assert_allclose(q @ q.T, np.eye(60), atol=np.sqrt(np.finfo(np.float64).eps))
+    np.testing.assert_allclose(t, q @ c.hessian @ q.T, atol=1e-8 * np.abs(c.hessian).max())
+    assert 1 <= passes <= 15
 
 
 def test_breakdown_on_few_distinct_eigenvalues_restarts_and_keeps_exact_ritz_values():
@@ -76,3 +86,5 @@ def test_bad_arguments_raise():
     curvature.lanczos(matvec, c.params, jax.random.key(0), 186)
   with pytest.raises(ValueError, match="k=6"):
     curvature.lanczos_eigs(matvec, c.params, jax.random.key(0), 5, k=6)
+  with pytest.raises(ValueError, match="reorth"):
+    curvature.lanczos(matvec, c.params, jax.random.key(0), 5, reorth="none")

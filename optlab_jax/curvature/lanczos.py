@@ -1,20 +1,25 @@
-"""Lanczos with full re-orthogonalisation, and the Ritz pairs it gives.
+"""Lanczos with partial (or full) re-orthogonalisation, and the Ritz pairs it gives.
 
 After m steps from a unit q₀, Qᵀ A Q = T, the m × m tridiagonal matrix with diagonal α and
 off-diagonal β, Q = [q₀ … q_{m−1}] orthonormal. Each step:
-  w = A q_i;  α_i = q_iᵀ w;  w ← w − α_i q_i − β_{i−1} q_{i−1};  w ← w − Q (Qᵀ w);
+  w = A q_i;  α_i = q_iᵀ w;  w ← w − α_i q_i − β_{i−1} q_{i−1};  [w ← w − Q (Qᵀ w)];
   β_i = ‖w‖;  q_{i+1} = w / β_i.
-The full re-orthogonalisation pass (repeated when it cancels most of w, the DGKS test) keeps Q
-orthonormal to working precision, so no spurious copies of converged eigenvalues appear. If β_i
-vanishes (Krylov space exhausted: an invariant subspace was found), the step restarts from a
-random vector orthogonal to Q and records β_i = 0, so T stays Qᵀ A Q and its eigenvalues remain
-eigenvalues of A. Cost per step beyond the matvec: two passes over the m-row basis (O(m·n)
-memory traffic) plus a few vector passes.
+The bracketed pass over the whole basis (repeated when it cancels most of w, the DGKS test)
+costs two reads of the m-row basis, which dominates on big models. `reorth="full"` runs it every
+step (Q orthonormal to working precision). `reorth="partial"` (the default) runs it only when
+Simon's recurrence for the loss of orthogonality ω_{i+1,k} ≈ q_{i+1}ᵀ q_k,
+  β_i ω_{i+1,k} = β_k ω_{i,k+1} + (α_k − α_i) ω_{i,k} + β_{k−1} ω_{i,k−1} − β_{i−1} ω_{i−1,k} ± 2ε‖T‖,
+crosses √ε, and then at the next step too; this keeps Q semi-orthogonal (|q_jᵀ q_k| ≤ √ε), which
+is enough for T's eigenvalues to be accurate to working precision without spurious copies, at a
+few passes over the basis per run instead of one per step. If β_i vanishes (Krylov space
+exhausted: an invariant subspace was found), the step restarts from a random vector orthogonal
+to Q and records β_i = 0, so T stays Qᵀ A Q and its eigenvalues remain eigenvalues of A.
 
 Extreme eigenvalues converge first (fast when separated, as Hessian outliers are); the top and
 bottom Ritz values are interior bounds: θ_max ≤ λ_max and θ_min ≥ λ_min.
 
-References: Lanczos, 1950; Golub & Van Loan, Matrix Computations, §10.1; Ghorbani et al., 2019,
+References: Lanczos, 1950; Golub & Van Loan, Matrix Computations, §10.1; Simon, 1984, The Lanczos
+algorithm with partial reorthogonalization (Math. Comp. 42); Ghorbani et al., 2019,
 An investigation into neural net optimization via Hessian eigenvalue density (arXiv:1901.10159).
 """
 
@@ -30,7 +35,7 @@ import numpy as np
 from optlab_jax.curvature import basis as B
 from optlab_jax.curvature.loops import apply, as_partial, resolve_loop
 from optlab_jax.curvature.probes import rademacher_like
-from optlab_jax.checks import check_positive_int
+from optlab_jax.checks import check_choice, check_positive_int
 
 __all__ = ["LanczosResult", "LanczosEigs", "lanczos", "lanczos_eigs", "tridiagonal"]
 
@@ -40,6 +45,7 @@ class LanczosResult(NamedTuple):
   alphas: jax.Array   # (m,) diagonal of T.
   betas: jax.Array    # (m−1,) off-diagonal of T (0 where a breakdown restarted the iteration).
   basis: Any          # params-shaped tree, leading axis m: the orthonormal Lanczos vectors q_i.
+  reorthogonalised: jax.Array  # (m,) bool: the steps that ran the pass over the whole basis.
 
 
 class LanczosEigs(NamedTuple):
@@ -51,6 +57,7 @@ class LanczosEigs(NamedTuple):
 
 
 _BREAKDOWN = 10.0   # β ≤ this · eps · ‖T‖ (estimated) counts as an exhausted Krylov space.
+REORTH = ("partial", "full")
 
 
 class _State(NamedTuple):
@@ -61,6 +68,10 @@ class _State(NamedTuple):
   betas: jax.Array    # (m,) β_j for j < i.
   scale: jax.Array    # running max of |α_j| + β_{j−1}, the size the breakdown test compares to.
   key: jax.Array      # PRNG key for restart vectors.
+  omega: jax.Array    # (m + 1,) estimates of q_iᵀ q_k (Simon's recurrence); 1 at k = i, 0 past it.
+  omega_prev: jax.Array  # (m + 1,) the same for q_{i−1}.
+  force: jax.Array    # bool: this step re-orthogonalises (the last one did, on the recurrence's word).
+  passes: jax.Array   # (m,) bool: the steps that re-orthogonalised.
 
 
 def tridiagonal(alphas: jax.Array, betas: jax.Array) -> jax.Array:
@@ -72,11 +83,28 @@ def _init(v0: Any, key: jax.Array, num_iters: int) -> _State:
   q = B.unit(v0)
   dtype = B.scalar_dtype(q)
   zero = jnp.zeros([], dtype)
+  omega = jnp.zeros(num_iters + 1, dtype)
   return _State(B.zeros(q, num_iters), q, zero, jnp.zeros(num_iters, dtype), jnp.zeros(num_iters, dtype),
-                zero, key)
+                zero, key, omega.at[0].set(1), omega, jnp.zeros([], bool), jnp.zeros(num_iters, bool))
 
 
-def _step(state: _State, w: Any, i: jax.Array) -> _State:
+def _omega_next(state: _State, alphas: jax.Array, alpha: jax.Array, beta: jax.Array, scale: jax.Array,
+                i: jax.Array) -> jax.Array:
+  """Simon's estimate of q_{i+1}ᵀ q_k for every k (before any re-orthogonalisation of q_{i+1})."""
+  eps = jnp.finfo(beta.dtype).eps
+  m = alphas.shape[0]
+  k = jnp.arange(m + 1)
+  pad = lambda x: jnp.concatenate([x, jnp.zeros(m + 1 - x.shape[0], x.dtype)])
+  betas, alphas = pad(state.betas), pad(alphas)
+  shift_down = lambda x: jnp.concatenate([jnp.zeros(1, x.dtype), x[:-1]])   # x[k−1], 0 at k = 0
+  shift_up = lambda x: jnp.concatenate([x[1:], jnp.zeros(1, x.dtype)])      # x[k+1]
+  t = (betas * shift_up(state.omega) + (alphas - alpha) * state.omega + shift_down(betas) * shift_down(state.omega)
+       - state.beta * state.omega_prev)
+  t = (t + jnp.where(t >= 0, 2, -2) * eps * scale) / beta
+  return jnp.where(k < i, t, jnp.where(k == i, eps * scale / beta, jnp.where(k == i + 1, 1.0, 0.0)))
+
+
+def _step(state: _State, w: Any, i: jax.Array, full: bool = False) -> _State:
   basis = B.set_row(state.basis, i, state.q)
   alpha = B.vdot(state.q, w)
   # q_{i−1} is read from the basis rather than carried (at i = 0, β = 0 cancels the clamped row).
@@ -84,13 +112,15 @@ def _step(state: _State, w: Any, i: jax.Array) -> _State:
   w = jax.tree.map(lambda x, q, p: x - alpha.astype(x.dtype) * q - state.beta.astype(x.dtype) * p,
                    w, state.q, q_prev)
   local_norm = B.norm(w)
-  w = B.project_out(basis, w)
-  beta = B.norm(w)
-  # DGKS test: when the full pass removed more than 1 − 1/√2 of the norm, one pass may not
-  # reach working-precision orthogonality, so a second pass runs (rarely: near breakdown).
-  w, beta = jax.lax.cond(beta < local_norm / np.sqrt(2.0), lambda: _again(basis, w), lambda: (w, beta))
   scale = jnp.maximum(state.scale, jnp.abs(alpha) + state.beta)
-  breakdown = beta <= _BREAKDOWN * jnp.finfo(beta.dtype).eps * scale
+  alphas = state.alphas.at[i].set(alpha)
+  eps = jnp.finfo(local_norm.dtype).eps
+  omega = _omega_next(state, alphas, alpha, jnp.maximum(local_norm, eps * scale), scale, i)
+  reorth = full | state.force | (jnp.max(jnp.abs(jnp.where(jnp.arange(omega.shape[0]) < i, omega, 0)))
+                                 > np.sqrt(eps))
+  w, beta = jax.lax.cond(reorth, lambda: _reorthogonalise(basis, w, local_norm), lambda: (w, local_norm))
+  omega = jnp.where(reorth & (jnp.arange(omega.shape[0]) <= i), eps, omega)
+  breakdown = beta <= _BREAKDOWN * eps * scale
   key, sub = jax.random.split(state.key)
 
   def restart():
@@ -99,7 +129,17 @@ def _step(state: _State, w: Any, i: jax.Array) -> _State:
 
   q_next = jax.lax.cond(breakdown, restart, lambda: jax.tree.map(lambda x: x / beta.astype(x.dtype), w))
   beta = jnp.where(breakdown, jnp.zeros_like(beta), beta)
-  return _State(basis, q_next, beta, state.alphas.at[i].set(alpha), state.betas.at[i].set(beta), scale, key)
+  omega = jnp.where(breakdown & (jnp.arange(omega.shape[0]) <= i), eps, omega)
+  return _State(basis, q_next, beta, alphas, state.betas.at[i].set(beta), scale, key, omega, state.omega,
+                reorth & ~state.force & (not full), state.passes.at[i].set(reorth))
+
+
+def _reorthogonalise(basis: Any, w: Any, local_norm: jax.Array) -> tuple[Any, jax.Array]:
+  w = B.project_out(basis, w)
+  beta = B.norm(w)
+  # DGKS test: when the pass removed more than 1 − 1/√2 of the norm, one pass may not reach
+  # working-precision orthogonality, so a second pass runs (rarely: near breakdown).
+  return jax.lax.cond(beta < local_norm / np.sqrt(2.0), lambda: _again(basis, w), lambda: (w, beta))
 
 
 def _again(basis: Any, w: Any) -> tuple[Any, jax.Array]:
@@ -107,29 +147,29 @@ def _again(basis: Any, w: Any) -> tuple[Any, jax.Array]:
   return w, B.norm(w)
 
 
-_step_jit = jax.jit(_step, donate_argnums=0)
+_step_jit = jax.jit(_step, donate_argnums=0, static_argnums=3)
 _init_jit = jax.jit(_init, static_argnums=2)
 
 
 def _result(state: _State) -> LanczosResult:
-  return LanczosResult(state.alphas, state.betas[:-1], B.stack(state.basis, state.q))
+  return LanczosResult(state.alphas, state.betas[:-1], B.stack(state.basis, state.q), state.passes)
 
 
 _result_jit = jax.jit(_result)
 
 
-@partial(jax.jit, static_argnums=3)
-def _lanczos_scan(matvec: Callable, v0: Any, key: jax.Array, num_iters: int) -> LanczosResult:
+@partial(jax.jit, static_argnums=(3, 4))
+def _lanczos_scan(matvec: Callable, v0: Any, key: jax.Array, num_iters: int, full: bool) -> LanczosResult:
   def body(state, i):
-    return _step(state, matvec(state.q), i), None
+    return _step(state, matvec(state.q), i, full), None
   state, _ = jax.lax.scan(body, _init(v0, key, num_iters), jnp.arange(num_iters))
   return _result(state)
 
 
-def _lanczos_python(matvec: Callable, v0: Any, key: jax.Array, num_iters: int) -> LanczosResult:
+def _lanczos_python(matvec: Callable, v0: Any, key: jax.Array, num_iters: int, full: bool) -> LanczosResult:
   state = _init_jit(v0, key, num_iters)
   for i in range(num_iters):
-    state = _step_jit(state, apply(matvec, state.q), jnp.asarray(i, jnp.int32))
+    state = _step_jit(state, apply(matvec, state.q), jnp.asarray(i, jnp.int32), full)
   return _result_jit(state)
 
 
@@ -147,24 +187,27 @@ def lanczos(
     *,
     v0: Any = None,
     loop: str = "auto",
+    reorth: str = "partial",
 ) -> LanczosResult:
   """Runs `num_iters` Lanczos steps on the symmetric operator `matvec` (one matvec each).
 
   Starts from `v0` (normalised) or, if None, a Rademacher vector drawn from `key`; `key`
   also seeds restart vectors. `loop` ("auto" | "scan" | "python", see `loops.resolve_loop`):
   "scan" runs one `lax.scan` (jittable, vmappable); "python" calls a jitted matvec and a
-  jitted step from a Python loop, avoiding the conv-in-control-flow slowdown on CPU. Memory:
-  the basis holds num_iters copies of params.
+  jitted step from a Python loop, avoiding the conv-in-control-flow slowdown on CPU.
+  `reorth` ("partial" | "full"): the basis semi-orthogonal (|q_jᵀ q_k| ≤ √ε, far fewer passes
+  over it) or orthonormal to working precision. Memory: the basis holds num_iters copies of params.
   """
   check_positive_int("num_iters", num_iters)
-  size = sum(int(np.prod(jnp.shape(x))) for x in jax.tree.leaves(params))
+  check_choice("reorth", reorth, REORTH)
+  size = B.size(params)
   if num_iters > size:
     raise ValueError(f"num_iters={num_iters} is out of range; expected num_iters <= {size} (the dimension)")
   matvec = as_partial(matvec)
   run = _lanczos_python if resolve_loop(loop, matvec, params) == "python" else _lanczos_scan
   if v0 is None:
     key, v0 = _start(key, params)
-  return run(matvec, v0, key, num_iters)
+  return run(matvec, v0, key, num_iters, reorth == "full")
 
 
 @partial(jax.jit, static_argnums=1)
@@ -185,6 +228,7 @@ def lanczos_eigs(
     *,
     v0: Any = None,
     loop: str = "auto",
+    reorth: str = "partial",
 ) -> LanczosEigs:
   """The k largest and k smallest Ritz pairs of `matvec` after `num_iters` Lanczos steps.
 
@@ -195,4 +239,4 @@ def lanczos_eigs(
   check_positive_int("k", k)
   if k > num_iters:
     raise ValueError(f"k={k} is out of range; expected k <= num_iters={num_iters}")
-  return _ritz_pairs(lanczos(matvec, params, key, num_iters, v0=v0, loop=loop), k)
+  return _ritz_pairs(lanczos(matvec, params, key, num_iters, v0=v0, loop=loop, reorth=reorth), k)
