@@ -39,13 +39,23 @@ def problem(num_batches=1):
   return params, [lambda p, b=b: extra_args(graphdef, *b, p) for b in batches]
 
 
+# Sophia-H's steps saturate at ±lr (sign descent) on this data unless γh exceeds |m̂|.
+UNSATURATED = {"sophia_h": {"gamma": 50.0}}
+
+
 def build(name):
   lr, kw = tuning(name)
-  return optim.get(name)(lr, **kw)
+  return optim.get(name)(lr, **{**kw, **UNSATURATED.get(name, {})})
 
 
-def close(a, b):
-  return all(np.allclose(x, y, rtol=1e-9, atol=1e-12) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+# SOAP's eigenbases of its rank-deficient early factors are fixed only up to rotations within
+# degenerate eigenspaces, so a rounding-level change of its input moves its update by ~1e-6.
+RTOL = {"soap": 1e-5}
+
+
+def close(a, b, name=None):
+  rtol = RTOL.get(name, 1e-9)
+  return all(np.allclose(x, y, rtol=rtol, atol=1e-3 * rtol) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def run_scaled(tx, params, extra_fn, scales, clip=None):
@@ -55,7 +65,8 @@ def run_scaled(tx, params, extra_fn, scales, clip=None):
     extra = extra_fn(params)
     g = jax.tree.map(lambda x: s * x, extra["grad"])
     if clip is not None:
-      g = jax.tree.map(lambda x: x * jnp.minimum(1.0, clip / optax.tree.norm(g)), g)
+      norm = optax.tree.norm(g)
+      g = jax.tree.map(lambda x: jnp.where(norm < clip, x, x * (clip / norm)), g)
     updates, state = tx.update(g, state, params, **extra)
     params = optax.apply_updates(params, updates)
     trajectory.append(params)
@@ -76,11 +87,11 @@ def test_gradient_clipping_before_the_optimizer(name):
   chained, clipped, unclipped = runs(params)
   if name in REEVALUATES:
     # Documented: only the direction of g enters, so clipping before it changes nothing.
-    assert close(chained, unclipped), f"{name}: clipping before it changed the update"
+    assert close(chained, unclipped, name), f"{name}: clipping before it changed the update"
     return
-  assert close(chained, clipped), f"{name}: chain(clip, {name}) is not {name} fed the clipped gradient"
+  assert close(chained, clipped, name), f"{name}: chain(clip, {name}) is not {name} fed the clipped gradient"
   if name not in SIGN_ONLY:
-    assert not close(clipped, unclipped), f"{name}: the data cannot tell clipped from unclipped"
+    assert not close(clipped, unclipped, name), f"{name}: the data cannot tell clipped from unclipped"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -91,7 +102,7 @@ def test_multisteps_uses_the_mean_micro_batch_gradient(name):
   def updates_of(params):
     extras = [f(params) for f in extra_fns]
     grads = [e["grad"] for e in extras]
-    tx = optax.MultiSteps(build(name), every_k_schedule=3)
+    tx = optax.MultiSteps(build(name), every_k_schedule=3, accumulator_dtype=F64)
     state = tx.init(params)
     for g, extra in zip(grads, extras):
       updates, state = tx.update(g, state, params, **extra)
@@ -104,15 +115,15 @@ def test_multisteps_uses_the_mean_micro_batch_gradient(name):
 
   updates, expected, last, cosine = updates_of(params)
   assert cosine < 0.9, "micro-batch gradients must differ in direction"
-  assert close(updates, expected), f"MultiSteps({name}) did not step on the mean micro-batch gradient"
-  assert not close(expected, last), f"{name}: the data cannot tell the mean from the last micro-batch"
+  assert close(updates, expected, name), f"MultiSteps({name}) did not step on the mean micro-batch gradient"
+  assert not close(expected, last, name), f"{name}: the data cannot tell the mean from the last micro-batch"
 
 
 def test_sam_under_multisteps_perturbs_along_the_mean_and_steps_on_the_last_batch():
   params, extra_fns = problem(num_batches=3)
   extras = [f(params) for f in extra_fns]
   rho, lr = 0.05, 0.5
-  tx = optax.MultiSteps(optim.sam(lr, rho=rho), every_k_schedule=3)
+  tx = optax.MultiSteps(optim.sam(lr, rho=rho), every_k_schedule=3, accumulator_dtype=F64)
   state = tx.init(params)
   for extra in extras:
     updates, state = tx.update(extra["grad"], state, params, **extra)

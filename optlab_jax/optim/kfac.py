@@ -57,7 +57,10 @@ def scale_by_kfac(
 
   Needs `model_fn=lambda p: model_apply(p, x)` in `update` (outputs with a leading batch axis;
   `nnx.merge(graphdef, p, rest)(x)` for an NNX model) and, with `empirical=True`,
-  `output_loss_fn=lambda out: loss(out, y)` (averaged over the batch). Per layer, with the
+  `output_loss_fn=lambda out: loss(out, y)` (averaged over the batch). The gradient
+  preconditioned is the incoming update (as clipped or accumulated before this transform); the
+  factors come from `model_fn` (under `optax.MultiSteps`, the last micro-batch's). A layer whose
+  bias is not in this transform's params (masked out) gets its kernel block alone. Per layer, with the
   gradient as the (d_in+1)×d_out matrix ∇ = [∇W; ∇b] (Conv: W flattened to (k·k·c_in)×c_out):
     Â = (1/R) Σ_r ā_r ā_rᵀ,  Ĝ = (1/N) Σ_r g_r g_rᵀ   (R rows = examples × locations)
     ā: layer input with a 1 appended (Conv: im2col patch, KFC); g = ∇_s ℓ(f, y), y ∼ p(y|f)
