@@ -172,8 +172,8 @@ class Monitor:
     loss_fn: (params, batch) -> scalar, the training objective on a batch.
     model_fn, output_loss_fn: (params, batch) -> outputs and (outputs, batch) -> scalar, for
       `ggn_lambda_max`.
-    learning_rate: float or schedule for the edges; the lr inside an
-      `optax.inject_hyperparams` state takes precedence (so vmapped lr sweeps are right).
+    learning_rate: float or schedule for the edges (default: `optimizer`'s constant one); the lr
+      inside an `optax.inject_hyperparams` state takes precedence (so vmapped lr sweeps are right).
     optimizer: the optimizer as a config, {"name": ..., **hyperparams} (missing ones take the
       factory's defaults; injected ones are read from the state): its own stability edge for
       `eos_ratio` (without it, GD's 2/lr) and its diagonal preconditioner
@@ -228,6 +228,8 @@ class Monitor:
                        "preconditioned edge: " + ", ".join(n for n, r in _EDGE_RULES.items() if r.preconditioned))
     self.metrics = tuple(metrics)
     self.optimizer = optimizer
+    if learning_rate is None and optimizer is not None:
+      learning_rate = _constant_lr(optimizer)
     self.loss_fn, self.model_fn, self.output_loss_fn = loss_fn, model_fn, output_loss_fn
     self.learning_rate = learning_rate
     self.lanczos_iters, self.top_k, self.trace_samples = lanczos_iters, top_k, trace_samples

@@ -273,15 +273,20 @@ def test_optimizers_without_a_diagonal_preconditioner_refuse(name):
 
 
 def test_eos_ratio_uses_the_optimizers_own_edge():
-  """GD: lr·λ/2; heavy ball β: lr·λ/(2 + 2β), also with β and lr injected (a vmapped sweep's case)."""
+  """eos_ratio = λ_max / edge against the dense λ_max; the edge is the optimizer's own: 2/lr for GD,
+  (2 + 2β)/lr for heavy ball, also with lr and β injected (a vmapped sweep's case)."""
   args, ctx = _setup("mlp")
   lam = np.linalg.eigvalsh(ctx["hess"])[-1]
-  for optimizer, expected in [({"name": "sgd"}, LR * lam / 2), ({"name": "sgd", "momentum": 0.9}, LR * lam / 3.8),
-                              ({"name": "sgd", "momentum": 0.9, "nesterov": True}, LR * lam * 2.8 / 3.8),
-                              ({"name": "adam"}, LR * lam / 2)]:   # no raw edge: GD's, as documented
-    out = _call(Monitor(["eos_ratio"], lanczos_iters=80, optimizer=optimizer, **args), ctx)
-    np.testing.assert_allclose(float(out["eos_ratio"]), expected, rtol=1e-6, err_msg=str(optimizer))
+  heavy_ball = Monitor(["eos_ratio"], lanczos_iters=80, optimizer={"name": "sgd", "momentum": 0.9}, **args)
+  np.testing.assert_allclose(float(_call(heavy_ball, ctx)["eos_ratio"]), LR * lam / 3.8, rtol=1e-6)
   injected = optax.inject_hyperparams(optim.get("sgd"))(learning_rate=0.3, momentum=0.5)
-  monitor = Monitor(["eos_ratio"], lanczos_iters=80, optimizer={"name": "sgd", "momentum": 0.9}, **args)
-  out = jax.jit(lambda p, s: monitor(p, None, None, s, None, 0))(ctx["params"], injected.init(ctx["params"]))
+  out = jax.jit(lambda p, s: heavy_ball(p, None, None, s, None, 0))(ctx["params"], injected.init(ctx["params"]))
   np.testing.assert_allclose(float(out["eos_ratio"]), 0.3 * lam / 3.0, rtol=1e-6)
+  no_lr = {k: v for k, v in args.items() if k != "learning_rate"}
+  for optimizer, kwargs, edge in [({"name": "sgd"}, args, 2 / LR),
+                                  ({"name": "sgd", "momentum": 0.9, "nesterov": True}, args, 3.8 / (2.8 * LR)),
+                                  ({"name": "adam"}, args, 2 / LR),   # no edge on λ_max(H): GD's, as documented
+                                  (None, args, 2 / LR),
+                                  ({"name": "sgd", "learning_rate": 0.2, "momentum": 0.9}, no_lr, 3.8 / 0.2)]:
+    monitor = Monitor(["eos_ratio"], optimizer=optimizer, **kwargs)
+    np.testing.assert_allclose(float(monitor._edge((), 0, False)), edge, rtol=1e-12, err_msg=str(optimizer))
