@@ -36,11 +36,10 @@ class Floor(NamedTuple):
 def _minimizer_hessian(problem: P.Problem) -> tuple[np.ndarray, np.ndarray]:
   """(x*, H(x*)) by Newton's method on the dense Hessian (exact in one step on the quadratic)."""
   flat, unravel = ravel_pytree(problem.params)
-  f = lambda v: problem.obj_fn(unravel(v))
-  x = flat
-  for _ in range(30):
-    x = x - jnp.linalg.solve(jax.hessian(f)(x), jax.grad(f)(x))
-  return np.asarray(x), np.asarray(jax.hessian(f)(x))
+  hessian = jax.jit(jax.hessian(lambda v: problem.obj_fn(unravel(v))))
+  newton = jax.jit(lambda x: x - jnp.linalg.solve(hessian(x), jax.grad(lambda v: problem.obj_fn(unravel(v)))(x)))
+  x = jax.lax.fori_loop(0, 30, lambda _, x: newton(x), flat)
+  return np.asarray(x), np.asarray(hessian(x))
 
 
 def sam_floor(lr: float, rho: float, eta: float | None = None) -> Floor:
