@@ -49,9 +49,13 @@ TUNING: dict[str, tuple[float, dict]] = {
     "cocob": (1.0, {}),
     "dadapt_adamw": (1.0, {}),
     "dog": (1.0, {}),
-    "prodigy": (1.0, {}),
+    # Prodigy's step size grows from estim_lr0 (1e-6: a bfloat16 step of 0, and too slow for
+    # MultiSteps' 10 real steps); a larger start trains in 30.
+    "prodigy": (1.0, {"estim_lr0": 1e-3}),
     "polyak_sgd": (1.0, {}),
     "schedule_free_sgd": (1.0, {}),
+    # Mechanic's learned scale starts at s_init (1e-6): 30 steps need a larger start.
+    "mechanize": (0.05, {"s_init": 1e-2}),
 }
 
 
