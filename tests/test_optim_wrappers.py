@@ -45,10 +45,11 @@ TUNING: dict[str, tuple[float, dict]] = {
     "natural_gradient": (0.5, {"likelihood": "categorical", "max_cg_iters": 10}),
     "lbfgs": (1.0, {}),
     "lbfgs_b": (1.0, {}),
-    # Learning-rate-free methods: lr = 1 is their own scale.
+    # Learning-rate-free methods grow their step from a tiny first estimate; from the default
+    # (1e-6) that takes more than 30 steps, so they start from 1e-2 here.
     "cocob": (1.0, {}),
-    "dadapt_adamw": (1.0, {}),
-    "dog": (1.0, {}),
+    "dadapt_adamw": (1.0, {"estim_lr0": 1e-2}),
+    "dog": (1.0, {"init_step_value": 1e-2}),
     # Prodigy's step size grows from estim_lr0 (1e-6: a bfloat16 step of 0, and too slow for
     # MultiSteps' 10 real steps); a larger start trains in 30.
     "prodigy": (1.0, {"estim_lr0": 1e-3}),
