@@ -22,8 +22,9 @@ from tests.test_optim_shampoo import (F64, best_final_loss, block_slices, matrix
                                       run_steps, tiny_model, unfold)
 
 
-def soap_numpy(loss, params, steps, lr, b1, b2, eps, factor_decay, every, block_size=None):
-  """The reference code's step, block by block, in float64 numpy; returns the params trajectory."""
+def soap_numpy(grad_fn, params, steps, lr, b1, b2, eps, factor_decay, every, block_size=None):
+  """The reference code's step, block by block, in float64 numpy; `grad_fn(params, s)` gives the
+  gradient at call s. Returns the params trajectory."""
   params = {k: np.asarray(v, np.float64) for k, v in params.items()}
   decay = b2 if factor_decay is None else factor_decay
   # Per leaf, per block: slices, second moment (rotated), factors, eigenbases ([] = identity).
@@ -32,10 +33,9 @@ def soap_numpy(loss, params, steps, lr, b1, b2, eps, factor_decay, every, block_
   v = {k: [np.zeros(x[b].shape) for b in blocks[k]] for k, x in params.items()}
   factors = {k: [[np.zeros((n, n)) for n in x[b].shape] for b in blocks[k]] for k, x in params.items()}
   bases = {k: [[] for _ in blocks[k]] for k in params}
-  grad_fn = jax.jit(jax.grad(loss))
   trajectory = []
   for s in range(steps):  # s: Adam steps taken before this call
-    grads = {k: np.asarray(g) for k, g in grad_fn(params).items()}
+    grads = {k: np.asarray(g) for k, g in grad_fn(params, s).items()}
     for k, g in grads.items():
       d = np.zeros_like(g)
       if s > 0:
@@ -80,11 +80,53 @@ def test_trajectory_matches_numpy_transcription(config):
   params, loss = tiny_model(rows=4)
   lr, steps = 0.02, 7
   got, _ = run_steps(optim.get("soap")(lr, precond_dtype="float64", **kw), params, loss, steps)
-  want = soap_numpy(loss, params, steps, lr, kw["b1"], kw["b2"], kw["eps"], kw["factor_decay"],
+  grad_fn = jax.jit(jax.grad(loss))
+  want = soap_numpy(lambda p, s: grad_fn(p), params, steps, lr, kw["b1"], kw["b2"], kw["eps"], kw["factor_decay"],
                     kw["precondition_every"], kw["block_size"])
   for t, (g, w) in enumerate(zip(got, want)):
     for k in w:
       np.testing.assert_allclose(g[k], w[k], rtol=1e-6, atol=1e-12, err_msg=f"step {t + 1}, leaf {k}")
+
+
+def test_eigen_order_changes_are_followed():
+  """Gradients whose dominant row and column move mid-run: each refresh must re-sort Q's columns
+  by the factors' eigenvalues and permute v with them (the transcription does both)."""
+  rng = np.random.default_rng(7)
+  base_g = rng.normal(size=(6, 4, 3))
+  scale = np.ones((6, 4, 3))
+  scale[:3, 0] *= 4.0
+  scale[3:, 3] *= 6.0
+  scale[3:, :, 2] *= 5.0
+  stream = [{"w": jnp.asarray(g)} for g in base_g * scale]
+  params = {"w": jnp.zeros((4, 3), F64)}
+  kw = dict(b1=0.9, b2=0.95, eps=1e-8, factor_decay=0.5, precondition_every=1)
+  tx = optim.get("soap")(0.1, precond_dtype="float64", **kw)
+  state, update, got = tx.init(params), jax.jit(tx.update), []
+  p = params
+  for g in stream:
+    u, state = update(g, state, p)
+    p = optax.apply_updates(p, u)
+    got.append(p)
+  want = soap_numpy(lambda _, s: stream[s], params, len(stream), 0.1, kw["b1"], kw["b2"], kw["eps"],
+                    kw["factor_decay"], kw["precondition_every"])
+  for t, (g, w) in enumerate(zip(got, want)):
+    np.testing.assert_allclose(g["w"], w["w"], rtol=1e-8, atol=1e-12, err_msg=f"step {t + 1}")
+
+
+def test_padded_coordinates_stay_apart_in_the_eigenbasis():
+  """A padded block whose real part is rank-deficient: the zero eigenvalue of the real part and the
+  padding are degenerate in F, so without separating them eigh could mix the two."""
+  u = np.asarray([0.6, 0.8, 0.0])
+  f = jnp.asarray(np.outer(u, u))[None]
+  pad = np.asarray([[0.0, 0.0, 1.0]])
+  q = kronecker.eigenbasis(f, pad)[0]
+  np.testing.assert_allclose(np.abs(q[:, -1]), [0, 0, 1], atol=1e-12)
+  np.testing.assert_allclose(np.abs(q[:, 0]), [0.6, 0.8, 0], atol=1e-12)
+  # A refresh from a basis with the padding before the real null vector (both have F q = 0).
+  start = jnp.asarray([[0.0, 0.6, 0.8], [0.0, 0.8, -0.6], [1.0, 0.0, 0.0]])[None]
+  q_new, order = kronecker.power_qr_basis(f, start, pad)
+  np.testing.assert_array_equal(order[0], [1, 2, 0])
+  np.testing.assert_allclose(np.abs(q_new[0][:, -1]), [0, 0, 1], atol=1e-12)
 
 
 def test_factors_and_first_eigenbasis_equal_dense_definitions():
