@@ -24,8 +24,9 @@ from optlab_jax import checks
 
 __all__ = [
     "DEFAULT_MAX_PRECOND_DIM", "check_structural", "check_precond_dtype", "precond_dtype",
-    "init_factors", "pack", "unpack", "is_preconditioned", "to_blocks", "from_blocks", "padding_masks", "factor_statistics",
-    "update_factors", "all_finite", "apply_per_axis", "inverse_root", "eigenbasis", "power_qr_basis",
+    "init_factors", "pack", "unpack", "is_preconditioned", "to_blocks", "from_blocks",
+    "padding_masks", "factor_statistics", "update_factors", "all_finite", "apply_per_axis",
+    "inverse_root", "eigenbasis", "power_qr_basis",
 ]
 
 DEFAULT_MAX_PRECOND_DIM = 4096  # `max_precond_dim=None`: a 4096² eigh is the largest we compute.
