@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -222,6 +223,7 @@ def bench_clustered(args, rows, tol=1e-3):
   rows.append((name, f"lanczos_eigs (+ Ritz vector) / ({m} x matvec)", f"{t['eigs'] / t['matvecs']:.2f}", ""))
 
 
+@partial(jax.jit, static_argnums=(3, 4))
 def lanczos_top(matvec, params, key, m, reorth):
   """λ_max from m Lanczos steps: the iteration and T's top eigenvalue, without a Ritz vector."""
   result = curvature.lanczos(matvec, params, key, m, reorth=reorth)

@@ -7,7 +7,12 @@ Prints one table of ratios measured in one run (execution time; compilation is r
   vmap8/one   8 configs (8 learning rates × seeds) in ONE vmapped program / one config
               (target <= 3.0 for digits-MLP on 2 CPU cores)
   vmap8/seq8  the vmapped program / the same 8 configs run one after another (one compile)
-  choice/seq8 what `train.should_vmap` picks / sequential: must be <= 1 (never slower)
+  choice/seq8 what `train.should_vmap` picks / sequential
+  choice/best what it picks / the faster of vmap8 and seq8: must be <= 1 (never slower; the
+              "ok" column says whether it is, within the 5% run-to-run noise of a loaded machine)
+  floor8/one  the least vmap8/one can be on this machine: 8 configs' FLOPs at the peak FLOP rate
+              (a large float32 matmul, measured in the same run) / one config's time. Where one
+              config already runs near peak, no program can bring 8 of them under 3× one.
 and the digits-CNN step through `train.fit` / a plain jitted step (target <= 1.1).
 Rows: digits-MLP 64-64-64-10, MLPs 784-w-w-10 on generated data (teacher-student), digits-CNN;
 all at batch 128 with Adam. The MLP widths bracket `train.VMAP_MAX_FLOPS`.
@@ -16,6 +21,7 @@ all at batch 128 with Adam. The MLP widths bracket `train.VMAP_MAX_FLOPS`.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -37,7 +43,20 @@ def _compile_seconds(histories: list[train.History]) -> float:
   return sum(h.compile_time for h in histories)
 
 
-def sweep_row(name: str, problem: problems.Problem, steps: int, repeats: int) -> dict:
+def peak_flop_rate(repeats: int, n: int = 2048) -> float:
+  """FLOP/s of an n × n float32 matmul, the best this machine's XLA does."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jax.numpy.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(matmul(a))
+  best = np.inf
+  for _ in range(max(repeats, 3)):
+    tic = time.perf_counter()
+    jax.block_until_ready(matmul(a))
+    best = min(best, time.perf_counter() - tic)
+  return 2 * n**3 / best
+
+
+def sweep_row(name: str, problem: problems.Problem, steps: int, repeats: int, peak: float) -> dict:
   """Best-of-`repeats` execution times of one config, 8 vmapped and 8 sequential."""
   kw = dict(steps=steps, batch_size=BATCH)
   one = lambda: [train.fit(problem, optax.adam(LEARNING_RATES[0]), seed=0, **kw)]
@@ -51,14 +70,20 @@ def sweep_row(name: str, problem: problems.Problem, steps: int, repeats: int) ->
     best[key] = min(map(_run_seconds, results))
     compile_s[key] = _compile_seconds(results[0])
   choice = train.should_vmap(problem, N_CONFIGS, tx=optax.adam(1e-3), batch_size=BATCH)
+  flops = train.step_flops(problem, optax.adam(1e-3), BATCH)
+  chosen = best["vmap8"] if choice else best["seq8"]
   return {
       "problem": name,
-      "MFLOP/step": train.step_flops(problem, optax.adam(1e-3), BATCH) / 1e6,
+      "MFLOP/step": flops / 1e6,
       "one ms/step": 1e3 * best["one"] / steps,
+      "one GFLOP/s": flops * steps / best["one"] / 1e9,
       "vmap8/one": best["vmap8"] / best["one"],
+      "floor8/one": N_CONFIGS * flops * steps / peak / best["one"],
       "vmap8/seq8": best["vmap8"] / best["seq8"],
       "choice": "vmap" if choice else "seq",
-      "choice/seq8": (best["vmap8"] if choice else best["seq8"]) / best["seq8"],
+      "choice/seq8": chosen / best["seq8"],
+      "choice/best": chosen / min(best["vmap8"], best["seq8"]),
+      "ok": "yes" if chosen <= 1.05 * min(best["vmap8"], best["seq8"]) else "SLOWER",
       "compile vmap8 s": compile_s["vmap8"],
       "compile seq8 s": compile_s["seq8"],
   }
@@ -105,9 +130,11 @@ def main() -> None:
       },
       "digits-CNN": problems.build("digits_cnn"),
   }
-  rows = [sweep_row(name, problem, steps, repeats) for name, problem in cases.items()]
+  peak = peak_flop_rate(repeats)
+  rows = [sweep_row(name, problem, steps, repeats, peak) for name, problem in cases.items()]
   print(f"backend {jax.default_backend()}, {steps} steps, best of {repeats}, batch {BATCH}, Adam, "
-        f"VMAP_MAX_FLOPS {train.VMAP_MAX_FLOPS:.0e}")
+        f"VMAP_MAX_FLOPS {train.VMAP_MAX_FLOPS:.0e}, peak (2048² float32 matmul) {peak / 1e9:.3g} GFLOP/s, "
+        f"load average {os.getloadavg()[0]:.1f}")
   header = list(rows[0])
   print(" | ".join(f"{h:>14}" if i else f"{h:<24}" for i, h in enumerate(header)))
   for row in rows:
