@@ -37,8 +37,11 @@ def _damped_inverses(a: jax.Array, g: jax.Array, damping: Any) -> tuple[jax.Arra
   root = jnp.sqrt(jnp.asarray(damping, a.dtype))
 
   def inverse(m, shift):
-    eye = jnp.eye(m.shape[0], dtype=m.dtype)
-    return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(m + shift * eye, lower=True), eye)
+    # LAPACK has no bfloat16/float16 Cholesky: factor in at least float32, keep m's dtype.
+    work = jnp.promote_types(m.dtype, jnp.float32)
+    eye = jnp.eye(m.shape[0], dtype=work)
+    m = (m + shift * jnp.eye(m.shape[0], dtype=m.dtype)).astype(work)
+    return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(m, lower=True), eye).astype(a.dtype)
 
   return inverse(a, pi * root), inverse(g, root / pi)
 
