@@ -28,6 +28,9 @@ F64 = jnp.float64
 REEVALUATES = {"sam", "asam"}
 # The direction depends only on each step's signs, so a rescaling of every step changes nothing.
 SIGN_ONLY = {"sign_sgd"}
+# The first step is zero (SOAP only collects statistics then, as in the reference), so one
+# accumulation cycle cannot tell the mean from the last micro-batch; its clipping test's second step can.
+ZERO_FIRST_STEP = {"soap"}
 
 
 def problem(num_batches=1):
@@ -49,13 +52,14 @@ def build(name):
 
 
 # SOAP's eigenbases of its rank-deficient early factors are fixed only up to rotations within
-# degenerate eigenspaces, so a rounding-level change of its input moves its update by ~1e-6.
-RTOL = {"soap": 1e-5}
+# degenerate eigenspaces, so a rounding-level change of its input moves its second step by
+# ~3e-6 (measured), while clipped and unclipped steps differ by 2e-2.
+TOLERANCE = {"soap": (1e-4, 1e-4)}   # name -> (rtol, atol)
 
 
 def close(a, b, name=None):
-  rtol = RTOL.get(name, 1e-9)
-  return all(np.allclose(x, y, rtol=rtol, atol=1e-3 * rtol) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  rtol, atol = TOLERANCE.get(name, (1e-9, 1e-12))
+  return all(np.allclose(x, y, rtol=rtol, atol=atol) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def run_scaled(tx, params, extra_fn, scales, clip=None):
@@ -116,7 +120,8 @@ def test_multisteps_uses_the_mean_micro_batch_gradient(name):
   updates, expected, last, cosine = updates_of(params)
   assert cosine < 0.9, "micro-batch gradients must differ in direction"
   assert close(updates, expected, name), f"MultiSteps({name}) did not step on the mean micro-batch gradient"
-  assert not close(expected, last, name), f"{name}: the data cannot tell the mean from the last micro-batch"
+  if name not in ZERO_FIRST_STEP:
+    assert not close(expected, last, name), f"{name}: the data cannot tell the mean from the last micro-batch"
 
 
 def test_sam_under_multisteps_perturbs_along_the_mean_and_steps_on_the_last_batch():
