@@ -28,9 +28,10 @@ F64 = jnp.float64
 REEVALUATES = {"sam", "asam"}
 # The direction depends only on each step's signs, so a rescaling of every step changes nothing.
 SIGN_ONLY = {"sign_sgd"}
-# The first step is zero (SOAP only collects statistics then, as in the reference), so one
-# accumulation cycle cannot tell the mean from the last micro-batch; its clipping test's second step can.
-ZERO_FIRST_STEP = {"soap"}
+# The first step is zero (SOAP only collects statistics then; ADOPT only initialises v = g²),
+# so one accumulation cycle cannot tell the mean from the last micro-batch; the clipping
+# test's second step can.
+ZERO_FIRST_STEP = {"adopt", "soap"}
 
 
 def problem(num_batches=1):
