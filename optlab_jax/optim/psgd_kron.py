@@ -25,7 +25,9 @@ class ScaleByPsgdKronState(NamedTuple):
   """State of `scale_by_psgd_kron`."""
   count: jax.Array     # int32 scalar: updates applied so far.
   mu: optax.Updates    # momentum, EMA of the gradients (not debiased); tree of params.
-  qs: Any              # per leaf a tuple of factors Q_i: upper-triangular d_i×d_i, or a d_i vector (diagonal).
+  qs: tuple            # per leaf of params (tree-flatten order) a tuple of factors Q_i: upper-triangular
+                       # d_i×d_i or a d_i vector (diagonal); flat, not params-shaped, so that wrappers that
+                       # box state by the params' structure (nnx.Optimizer) keep it as it is.
   key: jax.Array       # raw PRNG key for the next fit decision and probes.
 
 
@@ -190,7 +192,7 @@ def scale_by_psgd_kron(
 
   def init_fn(params):
     mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype or p.dtype), params)
-    qs = jax.tree.map(init_leaf, params)
+    qs = tuple(init_leaf(p) for p in jax.tree.leaves(params))
     return ScaleByPsgdKronState(jnp.zeros([], jnp.int32), mu, qs, jax.random.PRNGKey(seed))
 
   def update_fn(updates, state, params=None, *, obj_fn=None, **extra_args):
@@ -201,24 +203,24 @@ def scale_by_psgd_kron(
     mu = optax.tree.update_moment(updates, state.mu, b1, 1)
     key, prob_key, probe_key = jax.random.split(state.key, 3)
 
+    leaves, treedef = jax.tree.flatten(mu)
+
     def fit(qs):
-      leaves, treedef = jax.tree.flatten(mu)
       keys = jax.random.split(probe_key, max(len(leaves), 1))
-      probes = treedef.unflatten([jax.random.normal(k, x.shape, _compute_dtype(x.dtype)) for k, x in zip(keys, leaves)])
+      probes = [jax.random.normal(k, x.shape, _compute_dtype(x.dtype)) for k, x in zip(keys, leaves)]
       if preconditioner == "newton":
-        probes = jax.tree.map(lambda v, p: v.astype(p.dtype), probes, params)
-        targets = curvature.hvp(obj_fn, params, probes)
+        probes = jax.tree.map(lambda v, p: v.astype(p.dtype), treedef.unflatten(probes), params)
+        targets, probes = jax.tree.leaves(curvature.hvp(obj_fn, params, probes)), jax.tree.leaves(probes)
       else:
-        targets = mu
-      # mu's structure is a prefix of qs' (a tuple of factors per leaf), so f gets one leaf's tuple.
-      return jax.tree.map(lambda h, v, q: _fit(q, h, v, preconditioner_lr), targets, probes, qs)
+        targets = leaves
+      return tuple(_fit(q, h, v, preconditioner_lr) for q, h, v in zip(qs, targets, probes))
 
     if always:
       qs = fit(state.qs)
     else:
       p = update_probability(count) if callable(update_probability) else update_probability
       qs = curvature.loops.cond(jax.random.uniform(prob_key) < p, fit, lambda qs: qs, state.qs)  # conv-safe on CPU
-    direction = jax.tree.map(lambda m, q: _precondition(q, m), mu, qs)
+    direction = treedef.unflatten([_precondition(q, m) for q, m in zip(qs, leaves)])
     max_norm = jnp.sqrt(float(sum(x.size for x in jax.tree.leaves(direction))))
     scale = max_norm / jnp.maximum(max_norm, optax.tree.norm(direction))
     direction = jax.tree.map(lambda d: jnp.clip(d * scale.astype(d.dtype), -1.0, 1.0), direction)
