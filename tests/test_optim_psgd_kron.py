@@ -141,10 +141,10 @@ def test_matches_numpy_transcription_of_the_reference(preconditioner, prob):
 
 
 def _leaf_factors(state, float_params, key):
-  """The factors of `float_params[key]`: the state keeps one tuple per float leaf, in flatten order."""
+  """The factors of `float_params[key]`, unpacked from the state."""
   (inner,) = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, kron_module.ScaleByPsgdKronState))
               if isinstance(s, kron_module.ScaleByPsgdKronState)]
-  return inner.qs[sorted(float_params).index(key)]
+  return kron_module.unpack_factors(inner.qs[key], float_params[key].shape)
 
 
 def test_newton_fit_approaches_the_inverse_kronecker_hessian():
@@ -168,7 +168,7 @@ def test_newton_fit_approaches_the_inverse_kronecker_hessian():
 
 
 def _dense_p(state):
-  q1, q2 = (np.asarray(q) for q in state.qs[0])
+  q1, q2 = (np.asarray(q) for q in kron_module.unpack_factors(state.qs["w"], (4, 3)))
   return np.kron(q1.T @ q1, q2.T @ q2)
 
 

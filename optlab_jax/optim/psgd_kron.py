@@ -13,8 +13,8 @@ from optlab_jax import checks, curvature
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 
-__all__ = ["ScaleByPsgdKronState", "update_probability_schedule", "factor_is_triangular", "scale_by_psgd_kron",
-           "psgd_kron"]
+__all__ = ["ScaleByPsgdKronState", "update_probability_schedule", "factor_is_triangular", "unpack_factors",
+           "scale_by_psgd_kron", "psgd_kron"]
 
 PRECONDITIONERS = ("whitening", "newton")
 # The reference's defaults for the three structural options, used when they are None.
@@ -25,9 +25,8 @@ class ScaleByPsgdKronState(NamedTuple):
   """State of `scale_by_psgd_kron`."""
   count: jax.Array     # int32 scalar: updates applied so far.
   mu: optax.Updates    # momentum, EMA of the gradients (not debiased); tree of params.
-  qs: tuple            # per leaf of params (tree-flatten order) a tuple of factors Q_i: upper-triangular
-                       # d_i×d_i or a d_i vector (diagonal); flat, not params-shaped, so that wrappers that
-                       # box state by the params' structure (nnx.Optimizer) keep it as it is.
+  qs: Any              # per leaf, its factors Q_i (upper-triangular d_i×d_i, or a d_i vector: diagonal)
+                       # raveled into one vector (see `unpack_factors`): a params-shaped tree of arrays.
   key: jax.Array       # raw PRNG key for the next fit decision and probes.
 
 
@@ -47,6 +46,22 @@ def factor_is_triangular(shape, max_size=None, max_skew=None, min_ndim=None) -> 
   shape = tuple(shape) or (1,)
   second = sorted(shape)[-2] if len(shape) > 1 else 1
   return tuple(not (d == 1 or d > max_size or d > max_skew * second or len(shape) < min_ndim) for d in shape)
+
+
+def unpack_factors(packed, shape, max_size=None, max_skew=None, min_ndim=None) -> tuple:
+  """A leaf's factors (Q_1, …, Q_k) from their packed vector; () for a zero-size leaf."""
+  if math.prod(shape) == 0:
+    return ()
+  out, start = [], 0
+  for d, tri in zip(tuple(shape) or (1,), factor_is_triangular(shape, max_size, max_skew, min_ndim)):
+    n = d * d if tri else d
+    out.append(packed[start:start + n].reshape((d, d) if tri else (d,)))
+    start += n
+  return tuple(out)
+
+
+def _pack(factors, dtype):
+  return jnp.concatenate([f.ravel() for f in factors]).astype(dtype) if factors else jnp.zeros(0, dtype)
 
 
 def _compute_dtype(dtype):
@@ -91,7 +106,7 @@ def _norm_lower_bound(s):
   return jnp.where(max_abs > 0, max_abs * jnp.linalg.norm(a @ x), 0.0)
 
 
-def _fit(qs, h, v, lr):
+def _fit(qs, h, v, lr):  # qs: the unpacked factors
   """One PSGD step on the factors for the pair (v, h): A = Q h, B = Q^{-T} v, per factor
   Q_i ← Q_i − lr / ‖A_(i)A_(i)ᵀ + B_(i)B_(i)ᵀ‖ · triu(A_(i)A_(i)ᵀ − B_(i)B_(i)ᵀ) Q_i, then balanced."""
   if not qs:
@@ -182,17 +197,20 @@ def scale_by_psgd_kron(
   structure = dict(max_size=max_size_triangular, max_skew=max_skew_triangular, min_ndim=min_ndim_triangular)
 
   def init_leaf(p):
-    if p.size == 0:
-      return ()
     dtype = precond_dtype or p.dtype
+    if p.size == 0:
+      return jnp.zeros(0, dtype)
     kinds = factor_is_triangular(p.shape, **structure)
     scale = init_scale ** (1.0 / len(kinds))
-    return tuple(scale * (jnp.eye(d, dtype=dtype) if tri else jnp.ones(d, dtype)) for d, tri in
-                 zip(p.shape or (1,), kinds))
+    return _pack([scale * (jnp.eye(d, dtype=dtype) if tri else jnp.ones(d, dtype)) for d, tri in
+                  zip(p.shape or (1,), kinds)], dtype)
+
+  def unpack(packed, like):
+    return unpack_factors(packed, like.shape, **structure)
 
   def init_fn(params):
     mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype or p.dtype), params)
-    qs = tuple(init_leaf(p) for p in jax.tree.leaves(params))
+    qs = jax.tree.map(init_leaf, params)
     return ScaleByPsgdKronState(jnp.zeros([], jnp.int32), mu, qs, jax.random.PRNGKey(seed))
 
   def update_fn(updates, state, params=None, *, obj_fn=None, **extra_args):
@@ -213,14 +231,16 @@ def scale_by_psgd_kron(
         targets, probes = jax.tree.leaves(curvature.hvp(obj_fn, params, probes)), jax.tree.leaves(probes)
       else:
         targets = leaves
-      return tuple(_fit(q, h, v, preconditioner_lr) for q, h, v in zip(qs, targets, probes))
+      fitted = [_pack(_fit(unpack(q, m), h, v, preconditioner_lr), q.dtype)
+                for q, m, h, v in zip(jax.tree.leaves(qs), leaves, targets, probes)]
+      return treedef.unflatten(fitted)
 
     if always:
       qs = fit(state.qs)
     else:
       p = update_probability(count) if callable(update_probability) else update_probability
       qs = curvature.loops.cond(jax.random.uniform(prob_key) < p, fit, lambda qs: qs, state.qs)  # conv-safe on CPU
-    direction = treedef.unflatten([_precondition(q, m) for q, m in zip(qs, leaves)])
+    direction = treedef.unflatten([_precondition(unpack(q, m), m) for q, m in zip(jax.tree.leaves(qs), leaves)])
     max_norm = jnp.sqrt(float(sum(x.size for x in jax.tree.leaves(direction))))
     scale = max_norm / jnp.maximum(max_norm, optax.tree.norm(direction))
     direction = jax.tree.map(lambda d: jnp.clip(d * scale.astype(d.dtype), -1.0, 1.0), direction)
