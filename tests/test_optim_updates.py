@@ -20,7 +20,7 @@ from jax.flatten_util import ravel_pytree
 
 from optlab_jax import optim
 from tests import optim_problems as P
-from tests.test_optim_wrappers import MLP, data, extra_args, tuning
+from tests.test_optim_wrappers import MLP, THIN, data, extra_args, tuning
 
 NAMES = optim.names()
 F64 = jnp.float64
@@ -99,7 +99,9 @@ def test_gradient_clipping_before_the_optimizer(name):
     assert not close(clipped, unclipped, name), f"{name}: the data cannot tell clipped from unclipped"
 
 
-@pytest.mark.parametrize("name", NAMES)
+# The thin optax entries' MultiSteps cells run under `-m slow`: the clipping test above already
+# proves each takes the incoming updates as its gradient, which is all MultiSteps relies on.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in THIN else []) for n in NAMES])
 def test_multisteps_uses_the_mean_micro_batch_gradient(name):
   params, extra_fns = problem(num_batches=3)
 

@@ -150,10 +150,26 @@ def build(name, wrapper):
 
 FUNCTIONAL = ["plain", "inject", "clip_inject", "multisteps_1", "multisteps_3", "apply_if_finite",
               "masked", "multi_transform", "bfloat16"]
+# The thin entries over optax's own transforms (optax tests its wrappers on them).
+THIN = {n for n in NAMES if optim.get(n).__module__.rsplit(".", 1)[-1] in
+        ("muon", "schedule_free", "learning_rate_free", "adam_variants", "sign_and_factored")}
+# Cells the default run leaves to `-m slow`, each covered there by a faster test of the same code:
+# plain (test_optim_contract's jit and convergence tests), multisteps_1 (multisteps_3, the same
+# wrapper plus accumulation), clip_inject (test_optim_updates' clipping test and the inject cell),
+# bfloat16 (test_optim_contract's bfloat16 state test); for the thin entries also MultiSteps and
+# apply_if_finite (inject, masked and multi_transform exercise the alias itself).
+_SLOW = {"plain", "multisteps_1", "clip_inject", "bfloat16"}
+_SLOW_THIN = _SLOW | {"multisteps_3", "apply_if_finite"}
 
 
-@pytest.mark.parametrize("wrapper", FUNCTIONAL)
-@pytest.mark.parametrize("name", NAMES)
+def _cells():
+  for name in NAMES:
+    for wrapper in FUNCTIONAL:
+      slow = wrapper in (_SLOW_THIN if name in THIN else _SLOW)
+      yield pytest.param(name, wrapper, marks=[pytest.mark.slow] if slow else [], id=f"{name}-{wrapper}")
+
+
+@pytest.mark.parametrize("name, wrapper", list(_cells()))
 def test_trains_in_wrapper(name, wrapper):
   dtype = jnp.bfloat16 if wrapper == "bfloat16" else jnp.float32
   start, params, losses, traces = train(build(name, wrapper), dtype)
