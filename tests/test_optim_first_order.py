@@ -208,7 +208,7 @@ def test_adam_l2_matches_coupled_l2_pseudocode():
   mask = np.array([1.0] * 4 + [0.0] * 3)
   problem = P.Problem({"a": jnp.asarray(x0[:4]), "b": {"c": jnp.asarray(x0[4:])}},
                       lambda p: 0.5 * ravel_pytree(p)[0] @ jnp.asarray(a) @ ravel_pytree(p)[0],
-                      None, None, 0.0)
+                      model_fn=None, output_loss_fn=None, minimum=0.0, likelihood=None)  # first order
   got = trajectory(optim.adam_l2(0.1, weight_decay=0.3, weight_decay_mask=MASK), problem, steps=5)
   want = _numpy_adam_l2(x0, a, 5, 0.1, 0.3, mask)
   np.testing.assert_allclose(got, want, rtol=1e-12)
