@@ -14,8 +14,11 @@ import argparse
 import ast
 import inspect
 import re
+import shutil
 import sys
 from pathlib import Path
+
+from jax.experimental.compilation_cache import compilation_cache
 
 from optlab_jax import config, monitor, optim, plots, problems, results, sweep, train
 
@@ -87,11 +90,15 @@ def _listing(what: str) -> list[tuple[str, str]]:
 
 def _run(args: argparse.Namespace) -> int:
   out = args.out or str(Path("runs") / Path(args.config).stem)
+  fresh = not Path(out).exists()
   if not args.no_compile_cache:  # before anything compiles (validation does)
     train.use_compilation_cache(Path(out) / "compile_cache")
   try:
     experiment = config.load(args.config, args.set)
   except config.ConfigError as e:
+    if fresh:  # validation's compilations made out/compile_cache; a bad config leaves no results
+      compilation_cache.reset_cache()
+      shutil.rmtree(out, ignore_errors=True)
     print(e, file=sys.stderr)
     return 2
   records = sweep.run(experiment, out, progress=not args.quiet, log=print)
