@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optlab_jax import checks
@@ -89,4 +92,28 @@ def sm3(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9) -> optax.G
   """
   check_decays(momentum=momentum)
   # optax.sm3 is chain(scale_by_sm3(momentum), scale(−lr)); scale_by_learning_rate also takes schedules.
-  return base.alias(optax.scale_by_sm3(momentum), learning_rate=learning_rate)
+  return base.alias(_packed_sm3(optax.scale_by_sm3(momentum)), learning_rate=learning_rate)
+
+
+def _packed_sm3(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner` (optax's SM3) with each leaf's list of per-dimension accumulators packed into one vector.
+
+  optax keeps a params-shaped tree of lists, which nnx.Optimizer boxes leaf by leaf and hands back
+  changed, so its jitted step traced again; a params-shaped tree of arrays stays as it is.
+  """
+
+  def pack(mu, params):
+    return jax.tree.map(lambda p, m: jnp.concatenate(m) if m else jnp.zeros(0, p.dtype), params, mu)
+
+  def unpack(mu, params):
+    return jax.tree.map(lambda p, m: list(jnp.split(m, np.cumsum(p.shape[:-1]))) if p.ndim else [], params, mu)
+
+  def init_fn(params):
+    state = inner.init(params)
+    return state._replace(mu=pack(state.mu, params))
+
+  def update_fn(updates, state, params=None):
+    updates, state = inner.update(updates, state._replace(mu=unpack(state.mu, updates)), params)
+    return updates, state._replace(mu=pack(state.mu, updates))
+
+  return optax.GradientTransformation(init_fn, update_fn)
