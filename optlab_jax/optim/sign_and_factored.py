@@ -98,8 +98,8 @@ def sm3(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9) -> optax.G
 def _packed_sm3(inner: optax.GradientTransformation) -> optax.GradientTransformation:
   """`inner` (optax's SM3) with each leaf's list of per-dimension accumulators packed into one vector.
 
-  optax keeps a params-shaped tree of lists, which nnx.Optimizer boxes leaf by leaf and hands back
-  changed, so its jitted step traced again; a params-shaped tree of arrays stays as it is.
+  optax keeps a params-shaped tree of lists; nnx.Optimizer turns each list into an nnx State on the
+  first update, so its jitted step traced again. A params-shaped tree of arrays stays as it is.
   """
 
   def pack(mu, params):
