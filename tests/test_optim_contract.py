@@ -89,6 +89,25 @@ TUNING: dict[str, dict[str, tuple]] = {
     # One label draw per output: the Monte-Carlo Fisher is nearly singular in random
     # directions, so the damping (1.0) bounds the step and lr must stay below 2λ/L.
     "natural_gradient": {"quadratic": (0.01, 1000, 1e-4), "rosenbrock": (0.01, 3000, 1e-3)},
+    "adafactor": {"quadratic": ("cosine", 0.1, 1000, 1e-4), "rosenbrock": ("cosine", 0.03, 5000, 1e-3)},
+    "ademamix": {"quadratic": (1.0, 1000, 1e-4), "rosenbrock": ("cosine", 1.0, 3000, 1e-3)},
+    "adopt": {"quadratic": (1.0, 1000, 1e-4), "rosenbrock": (1.0, 3000, 1e-3)},
+    "yogi": {"rosenbrock": (0.1, 3000, 1e-3)},
+    "sm3": {"quadratic": (1.0, 1000, 1e-4), "rosenbrock": ("cosine", 3.0, 3000, 1e-3)},
+    "psgd_kron": {"quadratic": ("cosine", 0.01, 1000, 1e-4), "rosenbrock": ("cosine", 0.01, 3000, 1e-3)},
+    # Schedule-free replaces the schedule: a constant lr, below its divergence edge (0.01 on Rosenbrock).
+    "schedule_free_adamw": {"quadratic": (0.3, 1000, 1e-4), "rosenbrock": (0.1, 3000, 1e-3)},
+    "schedule_free_sgd": {"quadratic": (0.1, 1000, 1e-4), "rosenbrock": (5e-3, 5000, 1e-3)},
+    # Sign methods step ±lr per coordinate, chattering at a floor set by lr: a cosine decay
+    # converges. sign_sgd moves only along diagonals, so Rosenbrock's curved valley takes many steps.
+    "lion": {"quadratic": ("cosine", 0.01, 1000, 1e-4), "rosenbrock": ("cosine", 0.01, 3000, 1e-3)},
+    "sign_sgd": {"quadratic": ("cosine", 0.01, 1000, 1e-4), "rosenbrock": ("cosine", 1e-3, 10000, 1e-3)},
+    # Parameter-free methods: lr is a multiplier of the estimated step (1 is the method itself).
+    "dadapt_adamw": {"quadratic": (1.0, 1000, 1e-4), "rosenbrock": ("cosine", 1.0, 3000, 1e-3)},
+    "polyak_sgd": {"quadratic": (1.0, 1000, 1e-4), "rosenbrock": (1.0, 3000, 1e-3)},
+    "dog": {"quadratic": (3.0, 1000, 1e-4), "rosenbrock": ("cosine", 1.5, 10000, 1e-3)},
+    # COCOB's first steps are capped by alpha (100) and it has no lr to raise: it needs many steps.
+    "cocob": {"quadratic": (1.0, 1500, 1e-4), "rosenbrock": (1.0, 30000, 1e-3)},
 }
 # Schedule-free's update is a difference of params (x_new − x), so a traced b1 that rounds the
 # interpolation differently moves it by a float32 ulp of |params| (≈2.4e-7 at |x| ≈ 2), not of the
