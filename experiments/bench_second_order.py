@@ -162,12 +162,14 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=20, help="timed blocks per optimizer")
   parser.add_argument("--quick", action="store_true", help="2 repeats, MLP 784-64-64-10: checks it runs")
+  parser.add_argument("--cnn-only", action="store_true", help="only the CNN table")
   args = parser.parse_args()
   hidden, repeats = (64, 2) if args.quick else (512, args.repeats)
   rows = {**OURS, **{n: v for n, v in OTHERS.items() if n in optim.names()}}
-  print(f"MLP 784-{hidden}-{hidden}-10, batch 128, float32, {repeats} round-robin repeats, "
-        f"device {jax.devices()[0].platform}")
-  report(bench(rows, mlp_problem(hidden), repeats), RATIOS)
+  if not args.cnn_only:
+    print(f"MLP 784-{hidden}-{hidden}-10, batch 128, float32, {repeats} round-robin repeats, "
+          f"device {jax.devices()[0].platform}")
+    report(bench(rows, mlp_problem(hidden), repeats), RATIOS)
   batch = 16 if args.quick else 128
   print(f"\nCNN conv3x3(32)-conv3x3(64)-maxpool-dense10, 28x28x1, batch {batch}, float32, {repeats} repeats")
   report(bench(CNN_ROWS, cnn_problem(batch), repeats, cnn_model_fn), CNN_RATIOS)
