@@ -71,6 +71,23 @@ def check_batch_size(batch_size: int | None) -> None:
     checks.check_positive_int("batch_size", batch_size)
 
 
+def deterministic_problem(name: str, init_params: Callable, model_fn: Callable, output_loss_fn: Callable,
+                          **fields: Any) -> Problem:
+  """A problem without data: every batch is the whole function ({"x": None}), its metric the loss."""
+
+  def sample_fn(data, key, batch_size):
+    del data, key
+    check_batch_size(batch_size)
+    return {"x": None}
+
+  def metrics_fn(data, params):
+    del data
+    return {"loss": output_loss_fn(model_fn(params, None), None)}
+
+  return Problem(name=name, init_params=init_params, model_fn=model_fn, output_loss_fn=output_loss_fn,
+                 sample_fn=sample_fn, metrics_fn=metrics_fn, data={}, **fields)
+
+
 def sample_rows(rows: Batch, key: jax.Array, batch_size: int | None) -> Batch:
   """`batch_size` rows drawn uniformly with replacement (i.i.d. SGD batches); None: all rows."""
   check_batch_size(batch_size)

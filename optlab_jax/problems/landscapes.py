@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from optlab_jax import checks
-from optlab_jax.problems.base import Dtype, Problem, check_batch_size
+from optlab_jax.problems.base import Dtype, Problem, deterministic_problem
 
 __all__ = ["cubic", "saddle", "xcos", "plateau", "tanh_vanishing"]
 
@@ -59,23 +59,11 @@ def _landscape(
     del batch
     return jnp.sum(outputs)
 
-  def sample_fn(data, key, batch_size):
-    del data, key
-    check_batch_size(batch_size)
-    return {"x": None}
-
-  def metrics_fn(data, params):
-    del data
-    return {"loss": fn(params["x"])}
-
-  return Problem(
-      name=name,
-      init_params=lambda key: {"x": start + init_noise * jax.random.normal(key, start.shape, dtype)},
-      model_fn=model_fn,
-      output_loss_fn=output_loss_fn,
-      sample_fn=sample_fn,
-      metrics_fn=metrics_fn,
-      data={},
+  return deterministic_problem(
+      name,
+      lambda key: {"x": start + init_noise * jax.random.normal(key, start.shape, dtype)},
+      model_fn,
+      output_loss_fn,
       minimum=minimum,
       info={"critical_points": critical_points, **info},
   )

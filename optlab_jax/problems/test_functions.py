@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optlab_jax import checks
-from optlab_jax.problems.base import Dtype, Problem, check_batch_size, sample_rows
+from optlab_jax.problems.base import Dtype, Problem, deterministic_problem, sample_rows
 
 __all__ = ["quadratic", "rosenbrock"]
 
@@ -78,23 +78,11 @@ def rosenbrock(dim: int = 2, init_noise: float = 0.0, dtype: Dtype = "float32") 
     del batch
     return jnp.sum(jnp.square(outputs))
 
-  def sample_fn(data, key, batch_size):
-    del data, key
-    check_batch_size(batch_size)
-    return {"x": None}
-
-  def metrics_fn(data, params):
-    del data
-    return {"loss": output_loss_fn(model_fn(params, None), None)}
-
-  return Problem(
-      name="rosenbrock",
-      init_params=lambda key: {"x": start + init_noise * jax.random.normal(key, (dim,), dtype)},
-      model_fn=model_fn,
-      output_loss_fn=output_loss_fn,
-      sample_fn=sample_fn,
-      metrics_fn=metrics_fn,
-      data={},
+  return deterministic_problem(
+      "rosenbrock",
+      lambda key: {"x": start + init_noise * jax.random.normal(key, (dim,), dtype)},
+      model_fn,
+      output_loss_fn,
       likelihood="gaussian",  # ‖r‖² over the residuals r: 4 × their mean Gaussian NLL
       minimum=0.0,
   )
