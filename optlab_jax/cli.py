@@ -1,6 +1,7 @@
 """The `optlab` command: run a config (a resumable sweep), list what exists, plot results.
 
   optlab run CONFIG [--set KEY=VALUE ...] [--out DIR]   # default DIR: runs/<config stem>
+  optlab run CONFIG --executor ray [--address ADDR | --num-cpus N]   # the groups as Ray tasks
   optlab list optimizers|problems|schedules|metrics|configs|experiments
   optlab plot DIR [--out FIGDIR]
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from jax.experimental.compilation_cache import compilation_cache
 
-from optlab_jax import config, monitor, optim, plots, problems, results, sweep, train
+from optlab_jax import config, executors, monitor, optim, plots, problems, results, sweep, train
 
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,22 @@ def _listing(what: str) -> list[tuple[str, str]]:
   return [(str(p), _sentence(ast.get_docstring(ast.parse(p.read_text())))) for p in paths]
 
 
+def _executor(args: argparse.Namespace) -> executors.Ray | None:
+  """The executor the flags ask for (None: in-process); raises ValueError or MissingExtra."""
+  if args.executor != "ray":
+    for flag, value in (("--address", args.address), ("--num-cpus", args.num_cpus)):
+      if value is not None:
+        raise ValueError(f"{flag} is an option of --executor ray")
+    return None
+  return executors.Ray(address=args.address, num_cpus=args.num_cpus)
+
+
 def _run(args: argparse.Namespace) -> int:
+  try:  # before anything is written: a missing extra or a bad flag leaves no trace
+    executor = _executor(args)
+  except (ValueError, executors.MissingExtra) as e:
+    print(f"optlab run: {e}", file=sys.stderr)
+    return 2
   out = args.out or str(Path("runs") / Path(args.config).stem)
   fresh = not Path(out).exists()
   if not args.no_compile_cache:  # before anything compiles (validation does)
@@ -101,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
       shutil.rmtree(out, ignore_errors=True)
     print(e, file=sys.stderr)
     return 2
-  records = sweep.run(experiment, out, progress=not args.quiet, log=print)
+  records = sweep.run(experiment, out, progress=not args.quiet, log=print, executor=executor)
   print(results.table(records))
   print(f"\nresults in {out}/ (runs.jsonl, summary.csv, metrics/); figures: optlab plot {out}")
   return 0
@@ -139,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
       "--no-compile-cache", action="store_true",
       help="do not keep compiled programs in DIR/compile_cache (JAX's persistent cache, on by default)",
   )
+  run.add_argument("--executor", choices=["inprocess", "ray"], default="inprocess",
+                   help="where the sweep's groups run: this process (default) or Ray tasks (pip install -e '.[ray]')")
+  run.add_argument("--address", help="with --executor ray: the cluster to join ('auto': this machine's), "
+                   "else a local one is started")
+  run.add_argument("--num-cpus", type=int, help="with --executor ray and no --address: the local cluster's CPUs "
+                   "(default: all)")
   run.set_defaults(func=_run)
   listing = commands.add_parser("list", help="list what a config can name")
   listing.add_argument(

@@ -11,14 +11,17 @@ re-running resumes; one progress bar counts the steps of the whole sweep.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
+import shutil
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from optlab_jax import config, optim, results, train
+from optlab_jax import config, executors, optim, results, train
 
 
 def _value(axis: config.Axis) -> str:
@@ -80,14 +83,22 @@ def _monitor(cfg: dict, problem: Any) -> dict[str, Any]:
 def _fit_kwargs(cfg: dict) -> dict[str, Any]:
   t = cfg["train"]
   batch_size = None if t["batch_size"] == "full" else t["batch_size"]
-  return dict(steps=t["steps"], batch_size=batch_size, eval_every=t["eval_every"], loop=t["loop"])
+  return dict(steps=t["steps"], batch_size=batch_size, eval_every=t["eval_every"], loop=t["loop"],
+              checkpoint_every=t["checkpoint_every"])
 
 
 class _Progress:
   """One monotone progress bar over a sweep's steps; `at(n)` never moves it back."""
 
   def __init__(self, bar: tqdm):
-    self.bar = bar
+    self.bar, self.shown = bar, None
+
+  def describe(self, groups: list[list[config.Run]]) -> None:
+    """Names the groups running on the bar."""
+    text = "; ".join(group_label(runs) for runs in groups)
+    if text != self.shown:
+      self.bar.set_description(text)
+      self.shown = text
 
   def at(self, steps: int) -> None:
     if steps > self.bar.n:
@@ -114,11 +125,14 @@ def _factory_of(factory: Any, fixed: dict[str, Any], varying: list[str]) -> Any:
   return tx_factory
 
 
-def _fit_group(runs: list[config.Run], progress: _Progress, start: int) -> Iterator[tuple[config.Run, Any]]:
+def _fit_group(
+    runs: list[config.Run], progress: _Progress, start: int, checkpoints: Path | None = None
+) -> Iterator[tuple[config.Run, Any]]:
   """Fits a group's runs, vmapped as one program or one by one; yields (run, History) as done.
 
   `start` is the sweep's step count before the group (the bar's position); `fit_vmapped`
   reports the steps done summed over its runs, so both paths count the group's steps alike.
+  A run checkpoints in `checkpoints/<run id>`, a vmapped program in `checkpoints/<id of its runs>`.
   """
   cfg = runs[0].config
   problem = config.build_problem(cfg["problem"])
@@ -133,6 +147,7 @@ def _fit_group(runs: list[config.Run], progress: _Progress, start: int) -> Itera
     histories = train.fit_vmapped(
         problem, tx_factory, hparams, np.asarray([r.config["seed"] for r in runs]),
         **fit_kwargs, **_monitor(cfg, problem), on_progress=progress.ticker(start),
+        checkpoint_dir=checkpoints and checkpoints / results.run_id([results.run_id(r.config) for r in runs]),
     )
     yield from zip(runs, histories)
     return
@@ -140,16 +155,21 @@ def _fit_group(runs: list[config.Run], progress: _Progress, start: int) -> Itera
     history = train.fit(
         problem, factory(**kw), seed=run.config["seed"], **fit_kwargs, **_monitor(run.config, problem),
         on_progress=progress.ticker(start + i * fit_kwargs["steps"]),
+        checkpoint_dir=checkpoints and checkpoints / results.run_id(run.config),
     )
     yield run, history
 
 
 def run(
-    experiment: config.Experiment, out_dir: str, *, progress: bool = True, log: Callable[[str], None] | None = None
+    experiment: config.Experiment, out_dir: str, *, progress: bool = True, log: Callable[[str], None] | None = None,
+    executor: executors.InProcess | executors.Ray | None = None,
 ) -> list[dict]:
   """Runs every run of `experiment` not yet finished in `out_dir`; returns all their records.
 
-  `log` (e.g. `print`) is told how many runs a resumed sweep skips.
+  The groups run on `executor` (default: `executors.InProcess()`); only this process writes
+  results. Runs with `train.checkpoint_every` checkpoint in `out_dir/checkpoints/`, which a
+  re-run resumes from and a finished sweep deletes. `log` (e.g. `print`) is told how many runs a
+  resumed sweep skips, and what the executor reports (a retried task).
   """
   store = results.Store(out_dir)
   pending = [r for r in experiment.runs if results.run_id(r.config) not in store.finished()]
@@ -157,13 +177,13 @@ def run(
   if log is not None and skipped:
     log(f"all {n} runs already done" if not pending else f"{skipped} of {n} runs already done, running {len(pending)}")
   done, total = 0, sum(r.config["train"]["steps"] for r in pending)
+  checkpoints = Path(out_dir).resolve() / "checkpoints"  # absolute: Ray workers have their own cwd
+  fit_group = functools.partial(_fit_group, checkpoints=checkpoints)
   with tqdm(total=total, unit="step", disable=not progress or not pending) as bar:
     bar_progress = _Progress(bar)
-    for runs in group(pending):
-      bar.set_description(group_label(runs))
-      start = done
-      for run, history in _fit_group(runs, bar_progress, start):
-        store.add(run.config, label(run), history)
-        done += run.config["train"]["steps"]
-        bar_progress.at(done)  # a run that stopped early (diverged) still fills its share
+    for run, history in (executor or executors.InProcess()).map(group(pending), fit_group, bar_progress, log):
+      store.add(run.config, label(run), history)
+      done += run.config["train"]["steps"]
+      bar_progress.at(done)  # a run that stopped early (diverged) still fills its share
+  shutil.rmtree(checkpoints, ignore_errors=True)  # every run is recorded
   return store.records([results.run_id(r.config) for r in experiment.runs])

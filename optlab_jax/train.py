@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optlab_jax import checks
+from optlab_jax import checkpoints, checks
 from optlab_jax.curvature.loops import has_primitive, resolve_loop
 from optlab_jax.optim.schedule_free import schedule_free_eval_params
 from optlab_jax.problems import Problem
@@ -147,7 +147,8 @@ class _Compiled:
 
 
 def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=None, eval_every=0,
-           monitor=None, monitor_every=0, loop="auto", on_progress=None) -> list[History]:
+           monitor=None, monitor_every=0, loop="auto", on_progress=None, checkpoint_every=0,
+           checkpoint_dir=None) -> list[History]:
   """Trains one run, or (batched) one run per seed vmapped in one program; `run` compiles."""
   checks.check_positive_int("steps", steps)
   checks.check_in_range("eval_every", eval_every, 0.0)
@@ -178,9 +179,14 @@ def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=
     return state, loss, aux
 
   tic, compile_seconds, data = time.perf_counter(), run.seconds, problem.data
-  state = run("init", init, seeds, hparams, cold=True)
-  losses, monitored, evaluated, alive = [], [], [], True
-  for start, length in _chunks(steps, eval_every, monitor_every if monitor is not None else 0):
+  saved = checkpoints.Checkpoints(checkpoint_dir, checkpoint_every)
+  resumed = saved.restore(run("init", init, seeds, hparams, cold=True))
+  state, losses, monitored, evaluated = resumed.state, resumed.losses, resumed.monitored, resumed.evaluated
+  alive = resumed.alive
+  tic, compile_seconds = tic - resumed.wall_time, compile_seconds - resumed.compile_time
+  for start, length in _chunks(steps, eval_every, monitor_every if monitor is not None else 0, checkpoint_every):
+    if start < resumed.step or not np.any(alive):
+      continue
     ts = np.arange(start, start + length, dtype=np.int32)
     if loop == "scan":
       chunk = lambda *a, length=length: scan_chunk(length, *a)
@@ -201,11 +207,12 @@ def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=
     losses.append(np.asarray(loss, np.float64).reshape(length, -1))  # the host's one wait per chunk
     if eval_every and (start + length) % eval_every == 0:
       evaluated.append((start + length, run("metrics", metrics, data, eval_point(state), cold=True)))
+    alive = alive & np.isfinite(losses[-1]).all(axis=0)
+    saved.save(checkpoints.Resumed(state, start + length, losses, monitored, evaluated,
+                                   time.perf_counter() - tic, run.seconds - compile_seconds))
     if on_progress is not None:
       on_progress(start + length)
-    alive = alive & np.isfinite(losses[-1]).all(axis=0)
-    if not np.any(alive):
-      break
+  saved.close()
   final = run("metrics", metrics, data, eval_point(state), cold=True)
   params = state.params if batched else jax.tree.map(lambda x: x[None], state.params)
   loss = np.concatenate(losses)
@@ -253,6 +260,8 @@ def fit(
     monitor_every: int = 0,
     loop: str = "auto",
     on_progress: Callable[[int], None] | None = None,
+    checkpoint_every: int = 0,
+    checkpoint_dir: str | pathlib.Path | None = None,
 ) -> History:
   """Trains `problem` with `tx` for `steps` steps (never raises on divergence).
 
@@ -264,11 +273,15 @@ def fit(
   the 0-based step index (int32). The monitor must be jittable; on the python loop it is called
   with concrete arrays, so it should be jitted (as `monitor.Monitor` is).
   `on_progress(steps_done)` is called between chunks (a progress bar's hook).
+  Every `checkpoint_every` steps (0: never) the run is saved to `checkpoint_dir`, and a run
+  started with a `checkpoint_dir` holding checkpoints resumes from the newest readable one, with
+  the numbers of an uninterrupted run (`optlab_jax.checkpoints`).
   """
   checks.check_in_range("seed", seed, -2**31, 2**31 - 1)  # seeds are traced as int32
   (history,) = _train(
       problem, lambda hp: tx, {}, np.int32(seed), False, _Compiled(), steps=steps, batch_size=batch_size,
       eval_every=eval_every, monitor=monitor, monitor_every=monitor_every, loop=loop, on_progress=on_progress,
+      checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
   )
   return history
 
@@ -290,6 +303,8 @@ def fit_vmapped(
   `hparams` (name -> n values) are traced, not baked into the program. `vmap=False` runs the
   points one after another through one compiled, unbatched program instead (what `should_vmap`
   picks where vmapping would be slower). `on_progress` gets the steps done summed over the runs.
+  With `checkpoint_dir`, the vmapped program checkpoints there as one; with vmap=False, point i
+  checkpoints in its subdirectory `i`.
   """
   seeds = np.asarray(seeds)
   if seeds.ndim != 1 or len(seeds) == 0 or not np.issubdtype(seeds.dtype, np.integer):
@@ -302,6 +317,7 @@ def fit_vmapped(
       raise ValueError(f"{name} has shape {values.shape}; expected ({len(seeds)},), one value per seed")
   make_tx = lambda hp: optax.inject_hyperparams(tx_factory)(**hp)
   run, seeds, n = _Compiled(), seeds.astype(np.int32), len(seeds)
+  directory = kwargs.get("checkpoint_dir")
   report = lambda offset, scale: on_progress and (lambda done: on_progress(offset + scale * done))
   if vmap:
     return _train(problem, make_tx, hparams, seeds, True, run, on_progress=report(0, n), **kwargs)
@@ -310,7 +326,8 @@ def fit_vmapped(
       for i in range(n)
       for h in _train(
           problem, make_tx, {k: v[i] for k, v in hparams.items()}, seeds[i], False, run,
-          on_progress=report(i * kwargs.get("steps", 0), 1), **kwargs,
+          on_progress=report(i * kwargs.get("steps", 0), 1),
+          **kwargs | ({"checkpoint_dir": pathlib.Path(directory) / str(i)} if directory else {}),
       )
   ]
 

@@ -16,9 +16,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "optlab_jax"
 # Top to bottom: a module may import its own layer and the layers below it, never one above.
 LAYERS = (
     ("cli",),
-    ("config", "sweep"),
+    ("config", "sweep", "executors"),
     ("results", "plots", "landscape_plots"),
-    ("train", "monitor", "landscape"),
+    ("train", "checkpoints", "monitor", "landscape"),
     ("optim", "problems", "schedules"),
     ("curvature",),
     ("checks",),

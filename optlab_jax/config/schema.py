@@ -28,6 +28,7 @@ class Train(BaseModel):
   batch_size: Annotated[Any, BeforeValidator(_batch_size)] = "full"
   eval_every: NonNegativeInt = 0  # 0: evaluate at the end only
   loop: Literal[LOOPS] = "auto"
+  checkpoint_every: NonNegativeInt = 0  # 0: no checkpoints (optlab_jax.checkpoints)
 
 
 class Monitor(BaseModel):

@@ -1,0 +1,141 @@
+"""Where a sweep's groups run: in this process (the default), or as Ray tasks.
+
+An executor's `map(groups, fit_group, progress, log)` calls `fit_group(runs, progress, start)`
+(`sweep._fit_group`: yields (run, History) as its runs finish) on every group of runs and yields
+each (run, History) back to the driver, which alone writes results (`results.Store`).
+`progress` is the driver's bar: `at(steps)`, `ticker(start)`, `describe(groups running)`.
+
+`Ray` submits one task per group to a cluster: a local one it starts (`ray.init(num_cpus=...)`)
+when given no address, or the one at `address` ("auto": the cluster this machine has joined).
+A task whose worker dies is retried (`max_retries`) and the driver says so; its runs are
+recorded when the retry returns, once. Tasks report their steps to a small actor that the
+driver polls for the bar. A killed driver loses only the groups in flight: re-running skips
+the recorded runs, and runs with `train.checkpoint_every` resume from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+
+from optlab_jax import train
+
+# The JAX settings of the driver that change a task's numbers or errors, passed to every task.
+_JAX_SETTINGS = ("jax_enable_x64", "jax_numpy_rank_promotion", "jax_default_matmul_precision",
+                 "jax_compilation_cache_dir")
+_POLL_SECONDS = 0.5  # how often the driver reads the tasks' progress
+
+
+class MissingExtra(ImportError):
+  """An executor's optional dependency is not installed; the message says how to install it."""
+
+
+def _steps(runs: list[Any]) -> int:
+  return sum(r.config["train"]["steps"] for r in runs)
+
+
+class InProcess:
+  """Runs the groups one after another in this process."""
+
+  def map(self, groups, fit_group, progress, log=None) -> Iterator[tuple[Any, Any]]:
+    del log  # nothing to report: a failure raises here
+    done = 0
+    for runs in groups:
+      progress.describe([runs])
+      yield from fit_group(runs, progress, done)
+      done += _steps(runs)
+
+
+class _TaskProgress:
+  """A task's stand-in for the driver's bar: reports its group's steps to the tracker actor."""
+
+  def __init__(self, tracker: Any, index: int):
+    self.tracker, self.index = tracker, index
+
+  def ticker(self, start: int) -> Callable[[int], None]:
+    return lambda steps_done: self.tracker.report.remote(self.index, start + steps_done)
+
+
+def _fit_group_task(fit_group, runs, tracker, index, settings) -> list[tuple[Any, Any]]:
+  """The body of a Ray task: one group's runs, with the driver's JAX settings; params on the host."""
+  for name, value in settings.items():
+    if name == "jax_compilation_cache_dir":
+      value and train.use_compilation_cache(value)
+    else:
+      jax.config.update(name, value)
+  tracker.start.remote(index, os.getpid())
+  return [(run, train.History(**{**vars(h), "params": jax.device_get(h.params)}))
+          for run, h in fit_group(runs, _TaskProgress(tracker, index), 0)]
+
+
+class _Tracker:
+  """Ray actor: each group's steps done (its latest attempt's) and the pids of its attempts."""
+
+  def __init__(self):
+    self.steps, self.attempts = {}, {}
+
+  def start(self, index: int, pid: int) -> None:
+    self.attempts.setdefault(index, []).append(pid)
+    self.steps[index] = 0
+
+  def report(self, index: int, steps: int) -> None:
+    self.steps[index] = steps
+
+  def snapshot(self) -> tuple[dict[int, int], dict[int, list[int]]]:
+    return self.steps, self.attempts
+
+
+class Ray:
+  """Runs each group as a Ray task: on a local cluster of `num_cpus` CPUs, or at `address`.
+
+  Raises `MissingExtra` at construction when Ray is not installed.
+  """
+
+  def __init__(self, address: str | None = None, num_cpus: int | None = None, max_retries: int = 3):
+    try:
+      import ray  # noqa: F401  (an optional extra)
+    except ImportError as e:
+      raise MissingExtra("--executor ray needs Ray, an optional extra: pip install -e '.[ray]'") from e
+    if address is not None and num_cpus is not None:
+      raise ValueError(f"num_cpus={num_cpus} sizes a local cluster; the cluster at address={address!r} has its own")
+    if num_cpus is not None and (type(num_cpus) is not int or num_cpus < 1):
+      raise ValueError(f"num_cpus={num_cpus!r} must be a positive integer")
+    self.address, self.num_cpus, self.max_retries = address, num_cpus, max_retries
+
+  def _init(self, ray: Any) -> None:
+    if self.address is None:  # a local cluster on loopback, which inherits this process's environment
+      ray.init(num_cpus=self.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+    else:  # workers elsewhere import this package from the copy uploaded with the job
+      ray.init(address=self.address, runtime_env={"py_modules": [str(Path(__file__).parent)]})
+
+  def map(self, groups, fit_group, progress, log=None) -> Iterator[tuple[Any, Any]]:
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+      self._init(ray)
+    try:
+      tracker = ray.remote(num_cpus=0)(_Tracker).remote()
+      task = ray.remote(num_cpus=1, max_retries=self.max_retries)(_fit_group_task)
+      settings = {name: getattr(jax.config, name) for name in _JAX_SETTINGS}
+      pending = {task.remote(fit_group, runs, tracker, i, settings): i for i, runs in enumerate(groups)}
+      done, told = 0, set()
+      while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_SECONDS)
+        steps, attempts = ray.get(tracker.snapshot.remote())
+        for i in sorted(set(attempts) & set(pending.values()) - told):
+          if len(attempts[i]) > 1:
+            told.add(i)
+            log and log(f"group {i + 1}: its worker (pid {attempts[i][-2]}) died; retried in pid {attempts[i][-1]}")
+        progress.describe([groups[i] for i in pending.values() if i in attempts])
+        progress.at(done + sum(steps.get(i, 0) for i in pending.values()))
+        for ref in ready:
+          i = pending.pop(ref)
+          yield from ray.get(ref)
+          done += _steps(groups[i])
+    finally:
+      if started:
+        ray.shutdown()
