@@ -5,9 +5,10 @@ Each problem's params are {"x": [dim]}, starting at `start` + `init_noise` · N(
 run's key). Every batch is the whole function ({"x": None}), so any noise comes from the start.
 `info["critical_points"]` lists the known critical points as dicts with `x`, `kind` and
 `hessian_signature` = (positive, negative, zero eigenvalues of the Hessian there); a degenerate
-critical point (a zero eigenvalue) is one a second-order test cannot classify. Several of these
-functions are unbounded below (x³, x² − y², tanh): a run that escapes towards −∞ in float32 ends
-as `diverged`.
+critical point (a zero eigenvalue) is one a second-order test cannot classify. The eval metrics
+are the loss and the position (`x`, and `y` for the saddle), so a run's record says where it
+ended. Several of these functions are unbounded below (x³, x² − y², tanh): a run that escapes
+towards −∞ in float32 ends as `diverged`.
 
 References: Zhang et al., Dive into Deep Learning, §12.1 (§11.1 in the Chinese edition),
 Optimization and deep learning (x³, x² − y², x·cos(πx), tanh); Sun, 2019, Optimization for deep
@@ -16,6 +17,7 @@ learning: theory and algorithms, §4.1 (arXiv:1912.08957) (the plateau of (wᴸ 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Sequence
 
@@ -59,7 +61,7 @@ def _landscape(
     del batch
     return jnp.sum(outputs)
 
-  return deterministic_problem(
+  problem = deterministic_problem(
       name,
       lambda key: {"x": start + init_noise * jax.random.normal(key, start.shape, dtype)},
       model_fn,
@@ -67,6 +69,12 @@ def _landscape(
       minimum=minimum,
       info={"critical_points": critical_points, **info},
   )
+  coordinates = ("x", "y")[: start.shape[0]]
+
+  def metrics_fn(data, params):
+    return {**problem.metrics_fn(data, params), **{c: params["x"][i] for i, c in enumerate(coordinates)}}
+
+  return dataclasses.replace(problem, metrics_fn=metrics_fn)
 
 
 def cubic(start: float = 1.0, init_noise: float = 0.0, dtype: Dtype = "float32") -> Problem:

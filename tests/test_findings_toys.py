@@ -1,0 +1,136 @@
+"""The toy landscapes' and classic counterexamples' phenomena, asserted at a small size (issue #12).
+
+Each test states the phenomenon, checks it against a reference that is not the code under test
+(a float64 numpy transcription of the update, a closed form, scipy's roots), and fails when the
+phenomenon does not appear.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import numpy as np
+import pytest
+
+from optlab_jax import config, results, sweep, toy_plots
+from optlab_jax.problems import landscapes
+
+# Claim 11 at a small size: one sweep of zipped (problem, optimizer) pairs, 700 steps each.
+TOYS = """
+    train: {steps: 700, batch_size: full, eval_every: 700}
+    sweep:
+      zip:
+        problem:
+          - {name: saddle, start: [1.0, 1.0e-2]}
+          - {name: saddle, start: [1.0, 1.0e-4]}
+          - {name: saddle, start: [1.0, 1.0e-6]}
+          - {name: saddle, start: [1.0, 1.0e-2]}
+          - {name: saddle, start: [1.0, 1.0e-4]}
+          - {name: saddle, start: [1.0, 1.0e-6]}
+          - {name: cubic, start: 1.0}
+          - {name: cubic, start: 1.0}
+          - {name: plateau, power: 7, start: 0.3}
+          - {name: plateau, power: 7, start: 0.3}
+          - {name: plateau, power: 7, start: 0.3}
+          - {name: xcos, start: -0.5}
+          - {name: xcos, start: 0.35}
+          - {name: tanh_vanishing, start: 4.0}
+          - {name: tanh_vanishing, start: 0.5}
+        optimizer:
+          - {name: sgd, learning_rate: 0.05}
+          - {name: sgd, learning_rate: 0.05}
+          - {name: sgd, learning_rate: 0.05}
+          - {name: adam, learning_rate: 0.05}
+          - {name: adam, learning_rate: 0.05}
+          - {name: adam, learning_rate: 0.05}
+          - {name: sgd, learning_rate: 0.05}
+          - {name: sgd, learning_rate: 0.05, momentum: 0.9}
+          - {name: sgd, learning_rate: 0.01}
+          - {name: sgd, learning_rate: 0.01, momentum: 0.9}
+          - {name: adam, learning_rate: 0.01}
+          - {name: sgd, learning_rate: 0.05}
+          - {name: sgd, learning_rate: 0.05}
+          - {name: sgd, learning_rate: 0.05}
+          - {name: sgd, learning_rate: 0.05}
+    """
+
+
+@pytest.fixture(scope="module")
+def toys(tmp_path_factory):
+  """The sweep's directory and {(problem name, start, optimizer label): (record, per-step metrics)}."""
+  tmp = tmp_path_factory.mktemp("toys")
+  path = tmp / "toys.yaml"
+  path.write_text(textwrap.dedent(TOYS))
+  out = tmp / "out"
+  sweep.run(config.load(str(path)), str(out), progress=False)
+  runs = {}
+  for r in results.load_records(out):
+    cfg = r["config"]
+    key = (cfg["problem"]["name"], json_key(cfg["problem"]["start"]), toy_plots.optimizer_label(cfg["optimizer"]))
+    runs[key] = (r, results.load_metrics(out, r["id"]))
+  return out, runs
+
+
+def json_key(start):
+  return tuple(start) if isinstance(start, list) else start
+
+
+def test_gd_escapes_the_saddle_in_log_of_one_over_y0_steps_as_the_closed_form_says(toys):
+  out, runs = toys
+  lr = 0.05
+  for y0 in (1e-2, 1e-4, 1e-6):
+    # float64 numpy gradient descent on x² − y²: (x, y) ← (x − 2ηx, y + 2ηy), until x² − y² ≤ −1.
+    x, y, steps = 1.0, y0, 0
+    while x * x - y * y > -1.0:
+      x, y, steps = x - 2 * lr * x, y + 2 * lr * y, steps + 1
+    loss = runs[("saddle", (1.0, y0), "sgd(lr=0.05)")][1]["train_loss"]
+    assert toy_plots.escape_step(loss, -1.0) == steps
+    assert toy_plots.saddle_gd_escape_step((1.0, y0), lr) == steps
+  escapes = toy_plots.saddle_escapes(out)
+  gd, adam = escapes["sgd(lr=0.05)"], escapes["adam(lr=0.05)"]
+  assert gd["slope"] == pytest.approx(1 / math.log(1 + 2 * lr), rel=0.01)  # 10.49 steps per e-fold of y₀
+  assert gd["closed_slope"] == pytest.approx(1 / math.log(1 + 2 * lr), rel=1e-12)
+  # Adam divides the tiny gradient out: its escape hardly depends on y₀ (the mechanism removed).
+  assert abs(adam["slope"]) < 0.2 * gd["slope"]
+
+
+def test_gd_stalls_at_the_degenerate_saddle_of_x_cubed_and_momentum_passes_it(toys):
+  _, runs = toys
+  lr, steps = 0.05, 700
+  x = 1.0
+  for _ in range(steps):  # float64 numpy: x ← x − 3ηx², so x ~ 1/(3ηt) and never reaches 0
+    x -= 3 * lr * x * x
+  gd, _ = runs[("cubic", 1.0, "sgd(lr=0.05)")]
+  assert gd["final"]["x"] == pytest.approx(x, rel=1e-3)
+  assert 0.9 < 3 * lr * steps * gd["final"]["x"] < 1.0 and gd["final"]["loss"] > 0
+  momentum, metrics = runs[("cubic", 1.0, "sgd(lr=0.05, momentum=0.9)")]
+  assert toy_plots.escape_step(metrics["train_loss"], -1.0) < 100  # overshoots 0 and runs off to −∞
+
+
+def test_momentum_and_adam_cross_the_plateau_of_w7_minus_1_squared_sooner(toys):
+  _, runs = toys
+  escape = {label: toy_plots.escape_step(runs[("plateau", 0.3, label)][1]["train_loss"], 0.5)
+            for label in ("sgd(lr=0.01)", "sgd(lr=0.01, momentum=0.9)", "adam(lr=0.01)")}
+  gd = escape["sgd(lr=0.01)"]  # 590 steps measured; the plateau's gradient at 0.3 is 14·0.3⁶ ≈ 0.01
+  assert 400 < gd < 700
+  assert escape["sgd(lr=0.01, momentum=0.9)"] < gd / 3 and escape["adam(lr=0.01)"] < gd / 5
+  assert all(runs[("plateau", 0.3, label)][0]["final"]["x"] == pytest.approx(1.0, abs=1e-3) for label in escape)
+
+
+def test_the_start_picks_the_minimum_of_x_cos_pi_x(toys):
+  _, runs = toys
+  # Either side of the local maximum at 0.2739 (scipy's root of πx·tan(πx) = 1, in the problem module).
+  assert runs[("xcos", -0.5, "sgd(lr=0.05)")][0]["final"]["x"] == pytest.approx(-landscapes.XCOS_ROOT_1, abs=1e-4)
+  assert runs[("xcos", 0.35, "sgd(lr=0.05)")][0]["final"]["x"] == pytest.approx(landscapes.XCOS_ROOT_2, abs=1e-4)
+  assert runs[("xcos", 0.35, "sgd(lr=0.05)")][0]["final"]["loss"] == pytest.approx(-1.0467, abs=1e-4)
+
+
+def test_tanh_vanishing_gradient_stalls_gd_from_a_large_start(toys):
+  _, runs = toys
+  far, near = runs[("tanh_vanishing", 4.0, "sgd(lr=0.05)")][0], runs[("tanh_vanishing", 0.5, "sgd(lr=0.05)")][0]
+  # From 4 each step moves η·(1 − tanh²(x)) ≈ 0.05 · 0.00134: ~0.05 in 700 steps, the loss barely moves.
+  moved = 4.0 - far["final"]["x"]
+  assert moved == pytest.approx(700 * 0.05 * (1 - np.tanh(4.0) ** 2), rel=0.1)
+  assert math.tanh(4.0) - far["final"]["loss"] < 1e-3
+  assert near["final"]["loss"] < -0.99  # from 0.5 the same steps reach the tail near the infimum −1
