@@ -17,7 +17,7 @@ from jax.flatten_util import ravel_pytree
 
 from optlab_jax import curvature, optim
 from optlab_jax.optim import kfac_capture as kc
-from optlab_jax.optim.kfac import scale_by_kfac
+from optlab_jax.optim.kfac import _damped_inverses, scale_by_kfac
 
 F64 = jnp.float64
 
@@ -316,3 +316,102 @@ def test_digits_mlp_kfac_reaches_adam_final_loss_in_fewer_steps():
     adam_losses, kfac_losses = adam(params), kfac(params)
     reached = np.nonzero(kfac_losses <= adam_losses[-1])[0]
     assert reached.size and reached[0] < 50, (seed, adam_losses[-1], kfac_losses[::10])
+
+
+@pytest.mark.parametrize("injected", [False, True])
+def test_covariance_every_factors_are_the_ema_over_refresh_steps_only(injected):
+  """covariance_every=3 over 7 steps of a moving model: the factors after step t are the EMA,
+  β_s = min(0.95, s/(s+1)), of the hand-built (ā, δ) factors at steps 0, 3, 6 only (the params
+  of those steps), unchanged in between; traced by inject_hyperparams too (a `lax.cond`)."""
+  params, model_fn, x, y = tiny_mlp(9, n=6)
+  out_loss = lambda o: curvature.nll(o, y, "categorical")
+  make = optax.inject_hyperparams(scale_by_kfac) if injected else scale_by_kfac
+  tx = make(covariance_every=3, inverse_every=2, kl_clip=None, empirical=True)
+  step = jax.jit(lambda g, s, p: tx.update(g, s, p, model_fn=model_fn, output_loss_fn=out_loss))
+  state, expected, refreshes = tx.init(params), None, 0
+  for t in range(7):
+    if t % 3 == 0:
+      hats = [(a.T @ a / len(a), len(a) * d.T @ d) for a, d in by_hand(params, x, y)]
+      beta = min(0.95, refreshes / (refreshes + 1))
+      expected = hats if expected is None else [
+          (beta * a0 + (1 - beta) * a, beta * g0 + (1 - beta) * g) for (a0, g0), (a, g) in zip(expected, hats)]
+      refreshes += 1
+    d, state = step(loss_grad(model_fn, params, y), state, params)
+    params = optax.apply_updates(params, jax.tree.map(lambda v: -0.3 * v, d))
+    inner = state.inner_state if injected else state
+    for j, (a, g) in enumerate(expected):
+      np.testing.assert_allclose(inner.a_factors[j], a, rtol=1e-12, err_msg=f"step {t}")
+      np.testing.assert_allclose(inner.g_factors[j], g, rtol=1e-11, atol=1e-15, err_msg=f"step {t}")
+
+
+class WideMLP(nnx.Module):
+  def __init__(self, sizes, rngs):
+    self.layers = nnx.List([nnx.Linear(m, n, param_dtype=jnp.float32, rngs=rngs) for m, n in zip(sizes, sizes[1:])])
+
+  def __call__(self, x):
+    for layer in self.layers[:-1]:
+      x = jnp.tanh(layer(x))
+    return self.layers[-1](x)
+
+
+def compiled_flops(fn, *args):
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+
+@functools.cache
+def flop_problem(sizes=(48, 64, 64, 10), n=64):
+  """A float32 MLP, one batch, and the compiled FLOPs of its forward, of one backward through
+  the layer outputs (a hand-written network's jax.grad w.r.t. additive output perturbations,
+  less its forward), and of the gradient plus the K-FAC algebra (the factor products, their
+  EMA, the damped inverses, A⁻∇G⁻, on arrays of the layers' shapes)."""
+  graphdef, params = nnx.split(WideMLP(sizes, nnx.Rngs(0)))
+  x = jax.random.normal(jax.random.key(1), (n, sizes[0]), jnp.float32)
+  y = jax.random.randint(jax.random.key(2), (n,), 0, sizes[-1])
+  model_fn = lambda p, x: nnx.merge(graphdef, p)(x)
+  out_loss = lambda o, y: curvature.nll(o, y, "categorical")
+  grad = lambda p, x, y: jax.grad(lambda p: out_loss(model_fn(p, x), y))(p)
+  weights = [(layer["kernel"], layer["bias"]) for layer in nnx.to_pure_dict(params)["layers"].values()]
+
+  def by_layer_outputs(x, y):
+    def loss(zs):
+      h = x
+      for i, ((w, b), z) in enumerate(zip(weights, zs)):
+        h = h @ w + b[None] + z
+        h = jnp.tanh(h) if i < len(weights) - 1 else h
+      return out_loss(h, y)
+    return jax.grad(loss)([jnp.zeros((n, w.shape[1]), jnp.float32) for w, _ in weights])
+
+  def algebra(rows, deltas, grads, a_factors, g_factors):
+    a_new = [0.9 * a0 + 0.1 * r.T @ r / n for r, a0 in zip(rows, a_factors)]
+    g_new = [0.9 * g0 + 0.1 * d.T @ d / n for d, g0 in zip(deltas, g_factors)]
+    inverses = [_damped_inverses(a, g, 1e-3) for a, g in zip(a_new, g_new)]
+    return [a_inv @ w @ g_inv for (a_inv, g_inv), w in zip(inverses, grads)], a_new, g_new
+
+  dims = [(m + 1, k) for m, k in zip(sizes, sizes[1:])]
+  ones = lambda *shape: jnp.ones(shape, jnp.float32)
+  forward = compiled_flops(model_fn, params, x)
+  backward = compiled_flops(by_layer_outputs, x, y) - forward
+  grad_and_algebra = compiled_flops(grad, params, x, y) + compiled_flops(
+      algebra, [ones(n, a) for a, _ in dims], [ones(n, g) for _, g in dims], [ones(a, g) for a, g in dims],
+      [ones(a, a) for a, _ in dims], [ones(g, g) for _, g in dims])
+  return params, x, y, model_fn, out_loss, grad, forward, backward, grad_and_algebra
+
+
+@pytest.mark.parametrize("empirical", [False, True])
+def test_statistics_share_the_callers_forward_in_the_compiled_step(empirical):
+  """HLO FLOPs of one jitted step, the caller's gradient then K-FAC's update (`flop_problem`):
+  at most grad + algebra + one backward through the layer outputs for the sampled-label
+  Fisher, and grad + algebra for the empirical one; slack 10% of a forward. A second forward
+  (e.g. the statistics inside a cond even at every step), or with `empirical` a second
+  backward, exceeds it by a forward, or by a forward and ≥ 60% of one."""
+  params, x, y, model_fn, out_loss, grad, forward, backward, bound = flop_problem()
+  bound += 0 if empirical else backward
+  tx = scale_by_kfac(inverse_every=1, kl_clip=None, empirical=empirical)
+
+  def step(p, s, x, y):
+    return tx.update(grad(p, x, y), s, p, model_fn=lambda q: model_fn(q, x), output_loss_fn=lambda o: out_loss(o, y))
+
+  assert backward > 0.6 * forward
+  flops = compiled_flops(step, params, tx.init(params), x, y)
+  assert flops <= bound + 0.1 * forward, (flops, bound, forward, backward)

@@ -55,6 +55,7 @@ def scale_by_kfac(
     likelihood: str = curvature.DEFAULT_LIKELIHOOD,
     empirical: bool = False,
     seed: int = 0,
+    covariance_every: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """K-FAC direction per Linear/Conv layer; every other parameter keeps its gradient.
 
@@ -68,7 +69,8 @@ def scale_by_kfac(
     Â = (1/R) Σ_r ā_r ā_rᵀ,  Ĝ = (1/N) Σ_r g_r g_rᵀ   (R rows = examples × locations)
     ā: layer input with a 1 appended (Conv: im2col patch, KFC); g = ∇_s ℓ(f, y), y ∼ p(y|f)
       sampled by `curvature.sample_targets` (true Fisher) or the data labels (`empirical`)
-    A ← β_t A + (1−β_t) Â,  G ← β_t G + (1−β_t) Ĝ,   β_t = min(factor_decay, t/(t+1))
+    every `covariance_every` steps (None: 1), the s-th such refresh (s = 0, 1, …):
+      A ← β_s A + (1−β_s) Â,  G ← β_s G + (1−β_s) Ĝ,   β_s = min(factor_decay, s/(s+1))
     every `inverse_every` steps: π = √((tr A/dim A)/(tr G/dim G)),
       A⁻ = (A + π√λ I)⁻¹,  G⁻ = (G + √λ/π I)⁻¹   (λ = damping; a new λ applies at a refresh)
     d = A⁻ ∇ G⁻          ( = ((A + π√λ I) ⊗ (G + √λ/π I))⁻¹ vec ∇, row-major vec )
@@ -79,6 +81,13 @@ def scale_by_kfac(
   the K-FAC directions are scaled by ν = min(1, √(κ / (η² |Σ dᵀg|))), the sum over the K-FAC
   leaves and η = `learning_rate` at this step (Ba et al.): η² dᵀg ≈ η² dᵀFd is the step's KL.
 
+  Cost: `capture` runs model_fn forward and backpropagates the sampled labels' output-gradient
+  to the layer outputs only (no weight gradients); in the caller's jitted step XLA merges that
+  forward with the gradient's own (same HLO), and with `empirical` the backward too, so the
+  statistics add at most one activation backward (a test checks the compiled FLOPs). A refresh
+  every k > 1 steps sits in a cond, outside which nothing is shared: it pays its own forward.
+  Under `optax.inject_hyperparams` an explicit covariance_every is traced and always takes the cond.
+
   References: Martens & Grosse, 2015, Optimizing neural networks with Kronecker-factored
   approximate curvature (arXiv:1503.05671); Grosse & Martens, 2016, A Kronecker-factored
   approximate Fisher matrix for convolution layers (arXiv:1602.01407); Ba, Grosse & Martens,
@@ -87,6 +96,8 @@ def scale_by_kfac(
   checks.check_positive("damping", damping)
   checks.check_decay("factor_decay", factor_decay)
   checks.check_positive_int("inverse_every", inverse_every)
+  if covariance_every is not None:
+    checks.check_positive_int("covariance_every", covariance_every)
   if kl_clip is not None:
     checks.check_positive("kl_clip", kl_clip)
   checks.check_learning_rate(learning_rate)
@@ -116,15 +127,24 @@ def scale_by_kfac(
       else:
         key, sample_key = jax.random.split(key)
         output_grad_fn = functools.partial(_sampled_nll_grad, sample_key, likelihood)
-      _, captured = capture(model_fn, params, layers, output_grad_fn)
-      missed = [layer.name for layer, c in zip(layers, captured) if c is None]
+      every = 1 if covariance_every is None else covariance_every
+      seen = {}  # which layers a call read: known once the statistics are traced
+
+      def statistics(a_factors, g_factors):
+        _, captured = capture(model_fn, params, layers, output_grad_fn)
+        seen["live"] = [j for j, c in enumerate(captured) if c is not None]
+        return _ema_factors(a_factors, g_factors, captured, factor_decay, state.count // every)
+
+      a_factors, g_factors = base.every_k_steps(state.count, every, statistics, state.a_factors, state.g_factors)
+      live = seen["live"]
+      missed = [layer.name for j, layer in enumerate(layers) if j not in live]
       if missed:
         warnings.warn(f"K-FAC captured no nnx.Linear/nnx.Conv call reading {missed} (a grouped conv, or a kernel "
                       "that model_fn transforms first); these layers fall back to the gradient")
-      state, directions = _precondition(state, layers, captured, directions, damping, factor_decay, inverse_every)
+      state = state._replace(a_factors=a_factors, g_factors=g_factors)
+      state, directions = _precondition(state, layers, live, directions, damping, inverse_every)
       if kl_clip is not None:
-        live = [layer for layer, c in zip(layers, captured) if c is not None]
-        indices = [i for layer in live for i in (layer.kernel, layer.bias) if i is not None]
+        indices = [i for j in live for i in (layers[j].kernel, layers[j].bias) if i is not None]
         directions = _kl_clip(directions, jax.tree.leaves(updates), indices, kl_clip, learning_rate, state.count)
     new_updates = jax.tree.unflatten(jax.tree.structure(updates), directions)
     return new_updates, state._replace(count=optax.safe_increment(state.count), key=key)
@@ -144,20 +164,24 @@ def _factor_shapes(leaves: list, layer) -> tuple[int, int, Any]:
   return d_in, kernel.shape[-1], kernel.dtype
 
 
-def _precondition(state, layers, captured, directions, damping, factor_decay, inverse_every):
-  """EMA of the factors, refreshed inverses on schedule, and d = A⁻ ∇ G⁻ per captured layer."""
-  t = state.count.astype(jnp.float32)
-  beta = jnp.minimum(jnp.asarray(factor_decay, jnp.float32), t / (t + 1))
-  a_factors, g_factors = list(state.a_factors), list(state.g_factors)
+def _ema_factors(a_factors, g_factors, captured, factor_decay, refreshes):
+  """A ← β A + (1−β) Â and G likewise per captured layer, β = min(decay, s/(s+1)) at refresh s."""
+  a_factors, g_factors = list(a_factors), list(g_factors)
   for j, c in enumerate(captured):
     if c is not None:
       a_hat, g_hat = kronecker_factors(c)
+      # β in at least float32 and at least the factors' precision (2/3 in float32 is off by 3e-8).
+      s = refreshes.astype(jnp.promote_types(a_hat.dtype, jnp.float32))
+      beta = jnp.minimum(jnp.asarray(factor_decay, s.dtype), s / (s + 1))
       a_factors[j] = (beta * a_factors[j] + (1 - beta) * a_hat).astype(a_hat.dtype)
       g_factors[j] = (beta * g_factors[j] + (1 - beta) * g_hat).astype(g_hat.dtype)
-  live = [j for j, c in enumerate(captured) if c is not None]
+  return tuple(a_factors), tuple(g_factors)
 
+
+def _precondition(state, layers, live, directions, damping, inverse_every):
+  """Inverses refreshed on schedule from the state's factors, and d = A⁻ ∇ G⁻ per live layer."""
   def refresh(*_):
-    pairs = [_damped_inverses(a_factors[j], g_factors[j], damping) for j in live]
+    pairs = [_damped_inverses(state.a_factors[j], state.g_factors[j], damping) for j in live]
     return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
   a_live, g_live = base.every_k_steps(
@@ -177,9 +201,7 @@ def _precondition(state, layers, captured, directions, damping, factor_decay, in
     directions[layer.kernel] = d[: grad.shape[0] - (layer.bias is not None)].reshape(kernel.shape)
     if layer.bias is not None:
       directions[layer.bias] = d[-1]
-  state = state._replace(a_factors=tuple(a_factors), g_factors=tuple(g_factors),
-                         a_inverses=tuple(a_inverses), g_inverses=tuple(g_inverses))
-  return state, directions
+  return state._replace(a_inverses=tuple(a_inverses), g_inverses=tuple(g_inverses)), directions
 
 
 def _kl_clip(directions, grads, indices, kl_clip, learning_rate, count):
@@ -205,6 +227,7 @@ def kfac(
     likelihood: str = curvature.DEFAULT_LIKELIHOOD,
     empirical: bool = False,
     seed: int = 0,
+    covariance_every: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """K-FAC: p ← p − lr · m_t,  m_t = momentum · m_{t−1} + d_t + wd · p  (d_t from `scale_by_kfac`).
 
@@ -214,7 +237,8 @@ def kfac(
   """
   checks.check_decay("momentum", momentum)
   return base.alias(
-      scale_by_kfac(damping, factor_decay, inverse_every, kl_clip, learning_rate, likelihood, empirical, seed),
+      scale_by_kfac(damping, factor_decay, inverse_every, kl_clip, learning_rate, likelihood, empirical, seed,
+                    covariance_every),
       base.maybe_weight_decay(weight_decay),
       optax.trace(decay=momentum),
       learning_rate=learning_rate,
