@@ -1,5 +1,9 @@
 """optlab_jax: a JAX laboratory for deep-learning optimization."""
 
+from optlab_jax import compat
+
+compat.fix_optax_tree_vdot()  # before anything traces optax.tree.vdot (see compat.py)
+
 from optlab_jax import optim
 from optlab_jax import schedules
 from optlab_jax.optim import *  # noqa: F401,F403  (flat re-exports: optlab_jax.adam, ...)

@@ -18,10 +18,10 @@ LAYERS = (
     ("cli",),
     ("config", "sweep", "executors"),
     ("results", "plots", "landscape_plots", "toy_plots"),
-    ("train", "checkpoints", "monitor", "landscape"),
+    ("train", "checkpoints", "sharding", "monitor", "landscape"),
     ("optim", "problems", "schedules"),
     ("curvature",),
-    ("checks",),
+    ("checks", "compat"),
 )
 
 

@@ -76,12 +76,13 @@ def sample_targets(key: jax.Array, outputs: jax.Array, likelihood: str) -> jax.A
 
 
 def _outer_product_apply(jvp: Callable, vjp: Callable, scores: jax.Array, v: Any) -> Any:
-  # scores: (S, B, d) per-sample, per-example output gradients g_sb.
+  # scores: (S, *outputs.shape) per-sample, per-example output gradients g_sb. The output axes
+  # are summed over, never flattened: a reshape of a sharded output axis is refused under
+  # sharding-in-types.
   num_samples, batch = scores.shape[0], scores.shape[1]
   jv = jvp(v)
-  coeff = jnp.sum(scores * jv.reshape(1, batch, -1), axis=2, keepdims=True)  # g_sbᵀ (J v)_b
-  w = jnp.sum(scores * coeff, axis=0) / (num_samples * batch)
-  return vjp(w.reshape(jv.shape))
+  coeff = jnp.sum(scores * jv[None], axis=tuple(range(2, scores.ndim)), keepdims=True)  # g_sbᵀ (J v)_b
+  return vjp(jnp.sum(scores * coeff, axis=0) / (num_samples * batch))
 
 
 def fisher_fn(
@@ -108,7 +109,7 @@ def fisher_fn(
   targets = jax.vmap(sample_targets, in_axes=(0, None, None))(keys, outputs, likelihood)
   total_nll = lambda f, y: jnp.sum(per_example_nll(f, y, likelihood))
   scores = jax.vmap(jax.grad(total_nll), in_axes=(None, 0))(outputs, targets)
-  return Partial(_outer_product_apply, jvp, vjp, scores.reshape(num_samples, outputs.shape[0], -1))
+  return Partial(_outer_product_apply, jvp, vjp, scores)
 
 
 def _gram_apply(jvp: Callable, vjp: Callable, v: Any) -> Any:

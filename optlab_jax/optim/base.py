@@ -32,6 +32,7 @@ def integer_leaves_untouched(tx: optax.GradientTransformation) -> optax.Gradient
     return all(checks.is_float(x) for x in jax.tree.leaves(tree))
 
   def init_fn(params):
+    params = materialize(params)
     return tx.init(params) if all_float(params) else masked.init(params)
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -42,6 +43,27 @@ def integer_leaves_untouched(tx: optax.GradientTransformation) -> optax.Gradient
     return updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def materialize(params: Any) -> Any:
+  """Params given as `jax.ShapeDtypeStruct`s (a model known by its shapes) as zeros of that
+  shape, dtype and sharding; other leaves as they are.
+
+  optax's `tree.dtype` (read by several of its transforms' init) and a state that copies the
+  params cannot read an abstract leaf, so `init` from shapes builds the state at zero params:
+  the state's shapes, dtypes and shardings are those of the real one (a template for
+  `out_shardings` or for restoring a checkpoint); a copy of the params in it holds zeros.
+  """
+  def leaf(x):
+    return jnp.zeros(x.shape, x.dtype, device=x.sharding) if isinstance(x, jax.ShapeDtypeStruct) else x
+  return jax.tree.map(leaf, params)
+
+
+def stacked_zeros(m: int, params: Any) -> Any:
+  """m zeros of each leaf on a new leading axis, each keeping its leaf's dtype and sharding
+  (a memory of past vectors written row by row; an unsharded stack beside a sharded param is
+  a type error under sharding-in-types)."""
+  return jax.tree.map(lambda x: jnp.broadcast_to(jnp.zeros_like(x)[None], (m, *jnp.shape(x))), params)
 
 
 # Extra args that are functions of the full params tree.

@@ -18,12 +18,15 @@ from optlab_jax.optim.registry import register
 __all__ = ["lbfgs"]
 
 
-def _memory_in_params_dtype(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-  """optax's `scale_by_lbfgs`, its ρ_i memory (created in the default float dtype) in the params' dtype."""
+def _memory_like_params(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """optax's `scale_by_lbfgs`, its ρ_i memory (created in the default float dtype) in the params'
+  dtype and its (s_i, y_i) memories sharded like the params (optax creates them unsharded)."""
 
   def init_fn(params):
     state = tx.init(params)
-    return state._replace(weights_memory=state.weights_memory.astype(base.params_dtype(params)))
+    stack = base.stacked_zeros(state.weights_memory.shape[0], params)
+    return state._replace(weights_memory=state.weights_memory.astype(base.params_dtype(params)),
+                          diff_params_memory=stack, diff_updates_memory=stack)
 
   return optax.GradientTransformation(init_fn, tx.update)
 
@@ -86,7 +89,7 @@ def lbfgs(
   checks.check_learning_rate(learning_rate)
   memory_size = base.static_int("memory_size", memory_size, 10)
   return base.integer_leaves_untouched(optax.chain(
-      _memory_in_params_dtype(optax.scale_by_lbfgs(memory_size, scale_init_precond)),
+      _memory_like_params(optax.scale_by_lbfgs(memory_size, scale_init_precond)),
       optax.scale_by_learning_rate(learning_rate),
       optax.identity() if linesearch is None else _line_search_args_only(linesearch),
   ))

@@ -45,8 +45,10 @@ def _as_tree(bound: Bound, params: Any, fill: float) -> Any:
   """`bound` as a tree shaped like params, each leaf in its param's dtype (masked leaves kept)."""
   bound = fill if bound is None else bound
   if jax.tree_util.treedef_is_leaf(jax.tree.structure(bound)) and jnp.ndim(bound) == 0:
-    return jax.tree.map(lambda x: x if _is_masked(x) else jnp.full(x.shape, bound, x.dtype), params, is_leaf=_is_masked)
-  return jax.tree.map(lambda x, b: x if _is_masked(x) else jnp.broadcast_to(jnp.asarray(b, x.dtype), x.shape),
+    return jax.tree.map(lambda x: x if _is_masked(x) else jnp.full_like(x, bound), params, is_leaf=_is_masked)
+  # full_like + b: each bound leaf takes its param's sharding (a replicated bound beside a sharded
+  # param is a type error under sharding-in-types).
+  return jax.tree.map(lambda x, b: x if _is_masked(x) else jnp.full_like(x, 0) + jnp.asarray(b, x.dtype),
                       params, bound, is_leaf=_is_masked)
 
 
@@ -70,7 +72,7 @@ def _step_into_box(params: Any, new: Any, lower: Any, upper: Any) -> Any:
 
 def _rows_dot(a: Any, b: Any) -> jax.Array:
   """(⟨a_i, b_i⟩)_i for two stacks of vectors: shape (memory_size,)."""
-  return sum(jnp.sum((x * y).reshape(x.shape[0], -1), axis=1) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return sum(jnp.sum(x * y, axis=tuple(range(1, x.ndim))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def _row(stack: Any, i: jax.Array) -> Any:
@@ -141,7 +143,7 @@ def scale_by_lbfgs_b(lower: Bound = None, upper: Bound = None,
 
   def init_fn(params):
     base.check_real("lbfgs_b", params)
-    stack = jax.tree.map(lambda x: jnp.zeros((memory_size, *x.shape), x.dtype), params)
+    stack = base.stacked_zeros(memory_size, params)
     return ScaleByLbfgsBState(jnp.zeros([], jnp.int32), params, optax.tree.zeros_like(params), stack, stack)
 
   def update_fn(updates, state, params=None, **extra_args):

@@ -58,6 +58,7 @@ def with_lookahead(
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
+    params = base.materialize(params)
     return LookaheadState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.asarray, params), inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
