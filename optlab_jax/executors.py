@@ -16,6 +16,8 @@ the recorded runs, and runs with `train.checkpoint_every` resume from their chec
 from __future__ import annotations
 
 import os
+import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -27,6 +29,7 @@ from optlab_jax import train
 _JAX_SETTINGS = ("jax_enable_x64", "jax_numpy_rank_promotion", "jax_default_matmul_precision",
                  "jax_compilation_cache_dir")
 _POLL_SECONDS = 0.5  # how often the driver reads the tasks' progress
+TRACKER_PREFIX = "optlab_progress_"  # the name of a sweep's progress actor, before a unique suffix
 
 
 class MissingExtra(ImportError):
@@ -61,12 +64,12 @@ class _TaskProgress:
 
 def _fit_group_task(fit_group, runs, tracker, index, settings) -> list[tuple[Any, Any]]:
   """The body of a Ray task: one group's runs, with the driver's JAX settings; params on the host."""
-  for name, value in settings.items():
-    if name == "jax_compilation_cache_dir":
-      value and train.use_compilation_cache(value)
-    else:
-      jax.config.update(name, value)
   tracker.start.remote(index, os.getpid())
+  for name, value in settings.items():
+    if name != "jax_compilation_cache_dir":
+      jax.config.update(name, value)
+    elif value:
+      train.use_compilation_cache(value)
   return [(run, train.History(**{**vars(h), "params": jax.device_get(h.params)}))
           for run, h in fit_group(runs, _TaskProgress(tracker, index), 0)]
 
@@ -106,10 +109,12 @@ class Ray:
     self.address, self.num_cpus, self.max_retries = address, num_cpus, max_retries
 
   def _init(self, ray: Any) -> None:
-    if self.address is None:  # a local cluster on loopback, which inherits this process's environment
-      ray.init(num_cpus=self.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
-    else:  # workers elsewhere import this package from the copy uploaded with the job
-      ray.init(address=self.address, runtime_env={"py_modules": [str(Path(__file__).parent)]})
+    with warnings.catch_warnings():  # Ray starts its processes with fork + exec, which JAX's warning does not know
+      warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+      if self.address is None:  # a local cluster on loopback, which inherits this process's environment
+        ray.init(num_cpus=self.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+      else:  # workers elsewhere import this package from the copy uploaded with the job
+        ray.init(address=self.address, runtime_env={"py_modules": [str(Path(__file__).parent)]})
 
   def map(self, groups, fit_group, progress, log=None) -> Iterator[tuple[Any, Any]]:
     import ray
@@ -117,25 +122,30 @@ class Ray:
     started = not ray.is_initialized()
     if started:
       self._init(ray)
+    # Named, so that another process can read a sweep's progress: ray.get_actor(name).snapshot.remote().
+    tracker = ray.remote(num_cpus=0)(_Tracker).options(name=f"{TRACKER_PREFIX}{uuid.uuid4().hex}").remote()
     try:
-      tracker = ray.remote(num_cpus=0)(_Tracker).remote()
-      task = ray.remote(num_cpus=1, max_retries=self.max_retries)(_fit_group_task)
-      settings = {name: getattr(jax.config, name) for name in _JAX_SETTINGS}
-      pending = {task.remote(fit_group, runs, tracker, i, settings): i for i, runs in enumerate(groups)}
-      done, told = 0, set()
-      while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_SECONDS)
-        steps, attempts = ray.get(tracker.snapshot.remote())
-        for i in sorted(set(attempts) & set(pending.values()) - told):
-          if len(attempts[i]) > 1:
-            told.add(i)
-            log and log(f"group {i + 1}: its worker (pid {attempts[i][-2]}) died; retried in pid {attempts[i][-1]}")
-        progress.describe([groups[i] for i in pending.values() if i in attempts])
-        progress.at(done + sum(steps.get(i, 0) for i in pending.values()))
-        for ref in ready:
-          i = pending.pop(ref)
-          yield from ray.get(ref)
-          done += _steps(groups[i])
+      yield from self._map(ray, tracker, groups, fit_group, progress, log)
     finally:
+      ray.kill(tracker)
       if started:
         ray.shutdown()
+
+  def _map(self, ray, tracker, groups, fit_group, progress, log) -> Iterator[tuple[Any, Any]]:
+    task = ray.remote(num_cpus=1, max_retries=self.max_retries)(_fit_group_task)
+    settings = {name: getattr(jax.config, name) for name in _JAX_SETTINGS}
+    pending = {task.remote(fit_group, runs, tracker, i, settings): i for i, runs in enumerate(groups)}
+    done, told = 0, set()
+    while pending:
+      ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_SECONDS)
+      steps, attempts = ray.get(tracker.snapshot.remote())
+      for i in sorted(set(attempts) & set(pending.values()) - told):
+        if len(attempts[i]) > 1 and log is not None:
+          told.add(i)
+          log(f"group {i + 1}: its worker (pid {attempts[i][-2]}) died; retried in pid {attempts[i][-1]}")
+      progress.describe([groups[i] for i in pending.values() if i in attempts])
+      progress.at(done + sum(steps.get(i, 0) for i in pending.values()))
+      for ref in ready:
+        i = pending.pop(ref)
+        yield from ray.get(ref)
+        done += _steps(groups[i])

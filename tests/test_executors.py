@@ -1,0 +1,144 @@
+"""Executors: Ray tasks give the in-process runs; a dead worker's group is retried and recorded
+once; a killed driver resumes losing and recomputing nothing that was recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from optlab_jax import cli, config, executors, results, sweep
+
+ray = pytest.importorskip("ray")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Two groups (the optimizers differ in program), two seeds each. The adam group is long enough
+# for a test to kill its worker or its driver while it runs.
+CONFIG = """
+problem: {name: quadratic, dim: 4, condition: 10.0}
+optimizer: {name: sgd, learning_rate: 0.05}
+train: {steps: 30, eval_every: 10, loop: python, checkpoint_every: 100}
+sweep: {zip: {optimizer: [{name: sgd, learning_rate: 0.05}, {name: adam, learning_rate: 0.01}], train.steps: [30, 3000]}}
+seeds: [0, 1]
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+  """One local Ray cluster of 2 CPUs for the module; its address."""
+  context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+  yield context.address_info["address"]
+  ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+  path = tmp_path_factory.mktemp("config") / "sweep.yaml"
+  path.write_text(CONFIG)
+  return config.load(str(path), [])
+
+
+@pytest.fixture(scope="module")
+def in_process(experiment, tmp_path_factory):
+  """The sweep's records run in this process: what every Ray run must equal."""
+  return sweep.run(experiment, str(tmp_path_factory.mktemp("in_process")), progress=False)
+
+
+def _comparable(records: list[dict]) -> list[dict]:
+  """Records by id, timings aside."""
+  drop = ("wall_time", "compile_time")
+  return sorted(({k: v for k, v in r.items() if k not in drop} for r in records), key=lambda r: r["id"])
+
+
+def _assert_same_runs(out: pathlib.Path, reference: list[dict], reference_dir: pathlib.Path | None = None) -> None:
+  lines = (out / "runs.jsonl").read_text().splitlines()
+  assert len(lines) == len({json.loads(line)["id"] for line in lines}) == len(reference)  # each run once
+  assert _comparable(results.load_records(out)) == _comparable(reference)
+
+
+def test_ray_tasks_record_the_in_process_runs(cluster, experiment, in_process, tmp_path):
+  out = tmp_path / "ray"
+  logged = []
+  records = sweep.run(experiment, str(out), progress=False, log=logged.append, executor=executors.Ray())
+  assert len(records) == 4
+  _assert_same_runs(out, in_process)
+  assert not logged and not (out / "checkpoints").exists()
+  assert ray.is_initialized()  # a cluster the executor did not start is left running
+
+
+def _training_worker(group: int, deadline: float) -> int:
+  """The pid of the worker of `group` once it has reported steps, read from the sweep's progress actor."""
+  while time.monotonic() < deadline:
+    names = [n for n in ray.util.list_named_actors() if n.startswith(executors.TRACKER_PREFIX)]
+    if names:
+      steps, attempts = ray.get(ray.get_actor(names[0]).snapshot.remote())
+      if steps.get(group, 0) > 0:
+        return attempts[group][-1]
+    time.sleep(0.05)
+  raise AssertionError(f"group {group} reported no progress")
+
+
+def test_a_killed_worker_has_its_group_retried_and_recorded_once(cluster, experiment, in_process, tmp_path):
+  out, logged, failed = tmp_path / "ray", [], []
+
+  def run():
+    try:
+      sweep.run(experiment, str(out), progress=False, log=logged.append, executor=executors.Ray())
+    except BaseException as e:  # shown by the assertion below
+      failed.append(e)
+
+  thread = threading.Thread(target=run)
+  thread.start()
+  pid = _training_worker(1, deadline=time.monotonic() + 90)  # the long group, mid-way
+  os.kill(pid, signal.SIGKILL)
+  thread.join(timeout=120)
+  assert not failed, failed
+  assert any("died; retried" in line for line in logged), logged
+  _assert_same_runs(out, in_process)
+
+
+def test_a_killed_driver_resumes_losing_and_recomputing_nothing_recorded(cluster, experiment, in_process, tmp_path):
+  out = tmp_path / "ray"
+  env = os.environ | {"PYTHONPATH": str(ROOT), "JAX_ENABLE_X64": "1", "JAX_NUMPY_RANK_PROMOTION": "raise"}
+  driver = subprocess.Popen(
+      [sys.executable, "-m", "optlab_jax.cli", "run", experiment.path, "--out", str(out), "--quiet",
+       "--executor", "ray", "--address", cluster], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 90
+  while len(results.load_records(out)) < 2 and time.monotonic() < deadline and driver.poll() is None:
+    time.sleep(0.05)
+  driver.send_signal(signal.SIGKILL)
+  assert driver.wait(timeout=30) == -signal.SIGKILL
+  before = (out / "runs.jsonl").read_text().splitlines()
+  assert len(before) == 2  # the short group's runs; the long group was in flight
+  logged = []
+  sweep.run(config.load(experiment.path, []), str(out), progress=False, log=logged.append,
+            executor=executors.Ray())
+  assert logged[0] == "2 of 4 runs already done, running 2"
+  assert (out / "runs.jsonl").read_text().splitlines()[:2] == before  # timings included: not run again
+  _assert_same_runs(out, in_process)
+
+
+def test_without_ray_the_command_exits_2_naming_the_extra(tmp_path, monkeypatch, capsys, experiment):
+  monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+  out = tmp_path / "out"
+  assert cli.main(["run", experiment.path, "--out", str(out), "--executor", "ray"]) == 2
+  assert "pip install -e '.[ray]'" in capsys.readouterr().err
+  assert not out.exists()
+
+
+def test_cluster_flags_without_ray_or_with_each_other_are_refused(tmp_path, capsys, experiment):
+  out = str(tmp_path / "out")
+  assert cli.main(["run", experiment.path, "--out", out, "--address", "auto"]) == 2
+  assert "--address is an option of --executor ray" in capsys.readouterr().err
+  assert cli.main(["run", experiment.path, "--out", out, "--executor", "ray", "--address", "auto",
+                   "--num-cpus", "2"]) == 2
+  assert "num_cpus=2" in capsys.readouterr().err
+  assert not pathlib.Path(out).exists()
