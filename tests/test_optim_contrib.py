@@ -55,10 +55,10 @@ CASES = {
     "dog": lambda: (optim.dog(0.5, "distance", 1e-3, 1e-6, 0.01, MASK),
                     contrib.dog(0.5, ("distance", 1e-3), 1e-6, 0.01, MASK)),
     "dog_heuristic": lambda: (optim.dog(0.5, init_step_value=1e-2), contrib.dog(0.5, ("heuristic", 1e-2))),
-    "cocob": lambda: (optim.cocob(0.5, 50.0, 1e-6, 0.01, MASK), contrib.cocob(0.5, 50.0, 1e-6, 0.01, MASK)),
+    "cocob": lambda: (optim.cocob(1.0, 50.0, 1e-6, 0.01, MASK), contrib.cocob(0.5, 50.0, 1e-6, 0.01, MASK)),
     "mechanize": _mechanize_pair,
-    "polyak_sgd": lambda: (optim.polyak_sgd(0.5, 2.0, 0.1, 1e-6), optax.polyak_sgd(2.0, 0.5, 0.1, 1e-6)),
-    "polyak_sgd_plus": lambda: (optim.polyak_sgd(0.5, variant="sps+"), optax.polyak_sgd(1.0, 0.5, variant="sps+")),
+    "polyak_sgd": lambda: (optim.polyak_sgd(1.0, 2.0, 0.1, 1e-6), optax.polyak_sgd(2.0, 1.0, 0.1, 1e-6)),
+    "polyak_sgd_plus": lambda: (optim.polyak_sgd(variant="sps+"), optax.polyak_sgd(variant="sps+")),
     "adopt": lambda: (optim.adopt(0.02, 0.8, 0.99, 1e-5, nesterov=True),
                       contrib.adopt(0.02, 0.8, 0.99, 1e-5, nesterov=True)),
     "ademamix": lambda: (optim.ademamix(0.02, 0.8, 0.99, 0.995, 3.0, 1e-6, 1e-9, weight_decay=0.01,
@@ -119,6 +119,19 @@ def test_matches_optax_for_20_steps(case):
   # The run moved (so the agreement is not the trivial one of two idle optimizers).
   assert np.linalg.norm(want[-1] - ravel_pytree(params)[0]) > 1e-3
 
+
+
+@pytest.mark.parametrize("name", ["cocob", "polyak_sgd"])
+def test_learning_rate_multiplies_the_step_where_optax_does_not(name):
+  """optax puts lr on g before the step is estimated: COCOB's bet then ignores it and Polyak's step
+  grows by 1/lr (it diverged at lr = 0.1 on a λ = 100 quadratic). A bug that does the same fails."""
+  params, obj_fn = least_squares()
+  x0 = ravel_pytree(params)[0]
+  first_step = lambda tx: np.asarray(trajectory(tx, params, obj_fn, steps=1))[0] - x0
+  full = first_step(optim.get(name)(1.0))
+  np.testing.assert_allclose(first_step(optim.get(name)(0.25)), 0.25 * full, rtol=1e-12)
+  theirs = contrib.cocob(0.25) if name == "cocob" else optax.polyak_sgd(scaling=0.25)
+  assert not np.allclose(first_step(theirs), 0.25 * full, rtol=1e-3)
 
 # --- Schedule-free runs are evaluated at the averaged point x, not at the training point y. ---
 

@@ -3,7 +3,8 @@ DoG, COCOB, Mechanic (over any registry optimizer) and the Polyak step size.
 
 Each entry is optax's own alias with our contract on top (see `optlab_jax.optim.wrapped`);
 here `learning_rate` multiplies the step size the method estimates, so 1.0 is the method
-itself. The numbers are optax's (tests/test_optim_contrib.py).
+itself. The numbers are optax's (tests/test_optim_contrib.py); COCOB's and Polyak's at lr = 1
+(their docstrings say why).
 """
 
 from __future__ import annotations
@@ -89,14 +90,19 @@ def cocob(learning_rate: optax.ScalarOrSchedule = 1.0, alpha: float = 100.0, eps
   """COCOB-Backprop: coin betting with per-coordinate wealth, no step size to tune.
 
     L = max(L, |g|),   G = G + |g|,   R = max(R − g (x − x_0), 0)   (reward)
-    x = x_0 − Σg / (L max(G + L, α L)) · (L + R)           (then times lr)
+    x = x_0 − Σg / (L max(G + L, α L)) · (L + R)           (each step's change then times lr)
+
+  The bet is invariant to the scale of g, so optax's `cocob`, which multiplies g by lr before
+  betting, ignores its lr; here lr multiplies the step, a real knob (lr = 1 is optax's).
 
   References: Orabona & Tommasi, 2017, Training deep networks without learning rates through
   coin betting (NeurIPS, arXiv:1705.07795).
   """
   checks.check_positive("alpha", alpha)
   check_nonnegatives(eps=eps, weight_decay=weight_decay)
-  return optax_alias(contrib.cocob(learning_rate, alpha, eps, weight_decay, weight_decay_mask), learning_rate)
+  tx = optax.chain(optax.add_decayed_weights(weight_decay, weight_decay_mask), contrib.scale_by_cocob(alpha, eps),
+                   optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+  return optax_alias(tx, learning_rate)
 
 
 @register("mechanize")
@@ -132,7 +138,9 @@ def polyak_sgd(learning_rate: optax.ScalarOrSchedule = 1.0, max_learning_rate: f
 
     η = min((f(x) − f_min) / (‖g‖² + eps), max_learning_rate)   ("sps+": max(f − f_min, 0)),
     p ← p − lr η g
-  `learning_rate` is optax's `scaling`; optax's first argument is `max_learning_rate`.
+  Here lr multiplies the Polyak step. optax's `polyak_sgd(max_learning_rate, scaling)` scales g
+  before the step is computed, so its step is (f − f_min)/(s ‖g‖²) g: a scaling s < 1 makes it
+  larger (up to the cap) and can diverge; lr = 1 is optax's.
 
   References: Polyak, 1987, Introduction to optimization; Loizou et al., 2021, Stochastic
   Polyak step-size for SGD (AISTATS, arXiv:2002.10542).
@@ -141,7 +149,8 @@ def polyak_sgd(learning_rate: optax.ScalarOrSchedule = 1.0, max_learning_rate: f
   checks.check_in_range("f_min", f_min)
   check_nonnegatives(eps=eps)
   checks.check_choice("variant", variant, ("sps", "sps+"))
-  tx = optax.polyak_sgd(max_learning_rate, learning_rate, f_min, eps, variant)
+  polyak = optax.scale_by_polyak(max_learning_rate=max_learning_rate, f_min=f_min, eps=eps, variant=variant)
+  tx = optax.chain(polyak, optax.scale_by_learning_rate(learning_rate))
   return optax_alias(_require_value(tx), learning_rate)
 
 
