@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "optlab_jax"
 LAYERS = (
     ("cli",),
     ("config", "sweep", "executors"),
-    ("results", "plots", "landscape_plots", "toy_plots"),
+    ("results", "plots", "landscape_plots", "toy_plots", "findings"),
     ("train", "checkpoints", "sharding", "monitor", "landscape"),
     ("optim", "problems", "schedules"),
     ("curvature",),

@@ -115,11 +115,14 @@ def supervised_problem(
     train: Batch,
     test: Batch,
     likelihood: Literal["categorical", "gaussian"],
+    *,
+    one_hot: bool = False,
 ) -> Problem:
   """A problem on a dataset {"x", "y"} split into train and test.
 
   Categorical: softmax cross-entropy on integer labels, metrics with test accuracy.
-  Gaussian: `half_squared_error`. Batches are rows of the training split (`sample_rows`).
+  Gaussian: `half_squared_error`; with `one_hot` (classes as one-hot targets, MSE classification)
+  test accuracy too. Batches are rows of the training split (`sample_rows`).
   """
   output_loss_fn = cross_entropy if likelihood == "categorical" else half_squared_error
 
@@ -129,8 +132,9 @@ def supervised_problem(
         "loss": output_loss_fn(train_out, data["train"]),
         "test_loss": output_loss_fn(test_out, data["test"]),
     }
-    if likelihood == "categorical":
-      metrics["test_accuracy"] = jnp.mean(jnp.argmax(test_out, axis=-1) == data["test"]["y"])
+    if likelihood == "categorical" or one_hot:
+      labels = jnp.argmax(data["test"]["y"], axis=-1) if one_hot else data["test"]["y"]
+      metrics["test_accuracy"] = jnp.mean(jnp.argmax(test_out, axis=-1) == labels)
     return metrics
 
   return Problem(

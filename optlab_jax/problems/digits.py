@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optlab_jax import checks
-from optlab_jax.problems import models
+from optlab_jax.problems import classification, models
 from optlab_jax.problems.base import Dtype, Problem, supervised_problem
 
 __all__ = ["load", "digits_mlp", "digits_cnn"]
@@ -41,10 +41,13 @@ def load() -> dict[str, dict[str, np.ndarray]]:
   }
 
 
-def _splits(dtype: Dtype, shape: tuple[int, ...]) -> tuple[dict, dict]:
-  data = load()
+def _splits(dtype: Dtype, shape: tuple[int, ...], classes=None, loss: classification.Loss = "cross_entropy"
+            ) -> tuple[dict, dict]:
+  num_classes = classification.check_classes(classes, NUM_CLASSES)
+  data = {s: classification.select_classes(load()[s], classes) for s in ("train", "test")}
   return tuple(
-      {"x": jnp.asarray(data[s]["x"].reshape(-1, *shape), dtype), "y": jnp.asarray(data[s]["y"])}
+      {"x": jnp.asarray(data[s]["x"].reshape(-1, *shape), dtype),
+       "y": jnp.asarray(classification.targets(data[s]["y"], loss, num_classes, dtype))}
       for s in ("train", "test")
   )
 
@@ -54,15 +57,19 @@ def digits_mlp(
     activation: models.Activation = "relu",
     dtype: Dtype = "float32",
 ) -> Problem:
-  """Digits classified by an MLP 64 → hidden → 10 (softmax cross-entropy)."""
+  """Digits classified by an MLP 64 → hidden → C (softmax cross-entropy, or `loss="mse"` on one-hot
+  targets); `classes` keeps a subset of the ten digits (C = len(classes); default all)."""
   for width in hidden:
+    classes: tuple[int, ...] | None = None,
+    loss: classification.Loss = "cross_entropy",
     checks.check_positive_int("hidden", width)
-  sizes = (64, *hidden, NUM_CLASSES)
+  train, test = _splits(dtype, (64,), classes, loss)
+  sizes = (64, *hidden, classification.check_classes(classes, NUM_CLASSES))
   init_params, model_fn = models.functional(
       lambda rngs: models.MLP(sizes, activation, dtype=dtype, rngs=rngs)
   )
-  train, test = _splits(dtype, (64,))
-  return supervised_problem("digits_mlp", init_params, model_fn, train, test, "categorical")
+  return supervised_problem("digits_mlp", init_params, model_fn, train, test, classification.LIKELIHOODS[loss],
+                            one_hot=loss == "mse")
 
 
 def digits_cnn(channels: tuple[int, int] = (8, 16), dtype: Dtype = "float32") -> Problem:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optlab_jax import checks
-from optlab_jax.problems import models
+from optlab_jax.problems import classification, models
 from optlab_jax.problems.base import Dtype, Problem, supervised_problem
 
 __all__ = ["load", "mnist1d_mlp", "mnist1d_cnn"]
@@ -48,10 +48,13 @@ def load(data_seed: int = 42) -> dict[str, dict[str, np.ndarray]]:
   }
 
 
-def _splits(data_seed: int, dtype: Dtype, shape: tuple[int, ...]) -> tuple[dict, dict]:
-  data = load(data_seed)
+def _splits(data_seed: int, dtype: Dtype, shape: tuple[int, ...], classes=None,
+            loss: classification.Loss = "cross_entropy") -> tuple[dict, dict]:
+  num_classes = classification.check_classes(classes, NUM_CLASSES)
+  data = {s: classification.select_classes(load(data_seed)[s], classes) for s in ("train", "test")}
   return tuple(
-      {"x": jnp.asarray(data[s]["x"].reshape(-1, *shape), dtype), "y": jnp.asarray(data[s]["y"])}
+      {"x": jnp.asarray(data[s]["x"].reshape(-1, *shape), dtype),
+       "y": jnp.asarray(classification.targets(data[s]["y"], loss, num_classes, dtype))}
       for s in ("train", "test")
   )
 
@@ -60,18 +63,21 @@ def mnist1d_mlp(
     hidden: tuple[int, ...] = (100, 100),
     activation: models.Activation = "relu",
     data_seed: int = 42,
+    classes: tuple[int, ...] | None = None,
+    loss: classification.Loss = "cross_entropy",
     dtype: Dtype = "float32",
 ) -> Problem:
-  """MNIST-1D classified by an MLP 40 → hidden → 10 (the paper's: two ReLU layers of 100;
-  `hidden=[]` is its logistic-regression baseline)."""
+  """MNIST-1D classified by an MLP 40 → hidden → C (the paper's: two ReLU layers of 100;
+  `hidden=[]` is its logistic-regression baseline); `classes` and `loss` as for digits_mlp."""
   for width in hidden:
     checks.check_positive_int("hidden", width)
-  sizes = (LENGTH, *hidden, NUM_CLASSES)
+  train, test = _splits(data_seed, dtype, (LENGTH,), classes, loss)
+  sizes = (LENGTH, *hidden, classification.check_classes(classes, NUM_CLASSES))
   init_params, model_fn = models.functional(
       lambda rngs: models.MLP(sizes, activation, dtype=dtype, rngs=rngs)
   )
-  train, test = _splits(data_seed, dtype, (LENGTH,))
-  return supervised_problem("mnist1d_mlp", init_params, model_fn, train, test, "categorical")
+  return supervised_problem("mnist1d_mlp", init_params, model_fn, train, test, classification.LIKELIHOODS[loss],
+                            one_hot=loss == "mse")
 
 
 def mnist1d_cnn(channels: int = 25, data_seed: int = 42, dtype: Dtype = "float32") -> Problem:

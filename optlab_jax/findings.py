@@ -1,0 +1,73 @@
+"""The numbers the literature's claims are about, read off recorded runs.
+
+Each measure takes one run's per-step arrays (a results directory's `metrics/<id>.npz` as
+`results.load_metrics` returns it, or the same keys built from a `train.History` by `arrays`), so
+the findings tests and the experiments scripts compute them alike. `by_point` applies a measure
+to every run of a results directory and `spread` summarises it over seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from optlab_jax import results
+
+__all__ = ["arrays", "by_point", "edge_of_stability", "spread", "tail"]
+
+Arrays = dict[str, np.ndarray]
+
+
+def arrays(history: Any) -> Arrays:
+  """The keys of a results directory's metrics file, from a `train.History`."""
+  out = {"train_loss": np.asarray(history.loss), "monitor_step": np.asarray(history.monitor_steps)}
+  out.update({f"monitor.{k}": np.asarray(v) for k, v in history.monitor.items()})
+  return out
+
+
+def tail(steps: np.ndarray, values: np.ndarray, fraction: float) -> np.ndarray:
+  """The values recorded in the last `fraction` of training (steps past (1 − fraction) · last step)."""
+  steps = np.asarray(steps)
+  return np.asarray(values)[steps > (1 - fraction) * steps[-1]]
+
+
+def edge_of_stability(run: Arrays, *, fraction: float = 1 / 3, arrival: float = 0.95) -> dict[str, float]:
+  """The ratio of the sharpness to the optimizer's edge (`monitor.preconditioned_eos_ratio` where
+  recorded, else `monitor.eos_ratio`) over the last `fraction` of training: its mean, min and max;
+  and the training loss from the first monitor step where the ratio reached `arrival` to the end:
+  the share of steps whose loss rose above the step before (0 for monotone descent), and the loss at
+  the end over the loss at arrival (< 1: it still falls). Never arrived: the window is empty, NaN.
+
+  References: Cohen et al., 2021 (arXiv:2103.00065), figure 1; Cohen et al., 2022 (arXiv:2207.14484).
+  """
+  name = "monitor.preconditioned_eos_ratio" if "monitor.preconditioned_eos_ratio" in run else "monitor.eos_ratio"
+  steps, values = np.asarray(run["monitor_step"]), np.asarray(run[name], np.float64)
+  ratio = tail(steps, values, fraction)
+  arrived = np.flatnonzero(values >= arrival)
+  loss = np.asarray(run["train_loss"], np.float64)
+  window = loss[steps[arrived[0]] - 1:] if len(arrived) else loss[:0]
+  return {
+      "ratio": float(np.mean(ratio)),
+      "ratio_min": float(np.min(ratio)),
+      "ratio_max": float(np.max(ratio)),
+      "arrival_step": float(steps[arrived[0]]) if len(arrived) else float("nan"),
+      "loss_rises": float(np.mean(np.diff(window) > 0)) if len(window) > 1 else float("nan"),
+      "loss_drop": float(window[-1] / window[0]) if len(window) > 1 else float("nan"),
+  }
+
+
+def by_point(directory: str | Path, measure: Callable[[Arrays], dict[str, float]]) -> dict[str, list[dict]]:
+  """Point label -> `measure` of each of its finished runs (seeds), in the order they were recorded."""
+  out: dict[str, list[dict]] = {}
+  for record in results.load_records(directory):
+    if record["status"] == "ok":
+      out.setdefault(record["label"], []).append(measure(results.load_metrics(directory, record["id"])))
+  return out
+
+
+def spread(values: list[dict[str, float]]) -> dict[str, tuple[float, float, float, float]]:
+  """Name -> (mean, standard deviation, min, max) over the runs (seeds) of a point."""
+  return {k: (float(np.mean(v)), float(np.std(v)), float(np.min(v)), float(np.max(v)))
+          for k, v in ((k, [r[k] for r in values]) for k in values[0])}
