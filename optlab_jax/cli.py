@@ -21,7 +21,7 @@ from pathlib import Path
 
 from jax.experimental.compilation_cache import compilation_cache
 
-from optlab_jax import config, executors, monitor, optim, plots, problems, results, sweep, train
+from optlab_jax import config, executors, monitor, optim, problems, results, sweep, train
 
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,6 +135,8 @@ def _plot(args: argparse.Namespace) -> int:
   if not (Path(args.dir) / "runs.jsonl").exists():
     print(f"{args.dir}: no runs.jsonl here; run `optlab run CONFIG --out {args.dir}` first", file=sys.stderr)
     return 2
+  from optlab_jax import plots  # matplotlib takes a second to import; only `plot` draws
+
   for path in plots.plot(args.dir, args.out):
     print(path)
   return 0

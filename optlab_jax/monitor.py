@@ -2,10 +2,13 @@
 
 `Monitor(metrics, loss_fn, ...)(params, grads, updates, opt_state, batch, step)` returns a dict
 of scalars (arrays for spectral_density and layer_lambda_max). Inside a jitted loop (traced
-arguments) everything runs as one XLA program with `lax.scan` estimators. Called with concrete arrays it runs one compiled program too, except
-where a convolution would sit inside control flow on CPU (40–50× slower there, see
-docs/architecture.md): then the linearisation and each Lanczos step are separate jitted calls driven by
-a Python loop. Both paths compute the same numbers.
+arguments) everything runs as one XLA program with `lax.scan` estimators. Called with concrete
+arrays it runs compiled programs: the metrics that do not read the optimizer's state come from one
+program shared by every monitor of the same loss and settings (a sweep's optimizer groups on one
+problem trace and compile it once), eos_ratio and the preconditioned metrics from a small one of
+the monitor's own. Where a convolution would sit inside control flow on CPU (40–50× slower there,
+see docs/architecture.md), the linearisation and each Lanczos step are instead separate jitted
+calls driven by a Python loop. All paths compute the same numbers.
 
 Metrics (all from one Hessian linearisation at `params` on `batch`):
   lambda_max, lambda_min      top and bottom Ritz values of H (Lanczos, signs exact)
@@ -33,9 +36,8 @@ Gradient descent on neural networks typically occurs at the edge of stability (a
 
 from __future__ import annotations
 
+import copy
 import functools
-import inspect
-import numbers
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -43,9 +45,10 @@ import jax.numpy as jnp
 import optax
 from jax.tree_util import Partial
 
-from optlab_jax import curvature, optim
+from optlab_jax import curvature, edges
 from optlab_jax.checks import check_positive_int
 from optlab_jax.curvature.loops import apply, is_traced, resolve_loop
+from optlab_jax.edges import preconditioned_stability_edge, stability_edge  # re-exported: part of the monitor's API
 from optlab_jax.optim import preconditioner as preconditioners
 
 __all__ = ["METRICS", "Monitor", "layer_names", "preconditioned_stability_edge", "stability_edge"]
@@ -66,106 +69,106 @@ METRICS = (
 )
 
 
-class _EdgeRule(NamedTuple):
-  """How an optimizer's steps on a quadratic reduce to a momentum method (see `_edge`)."""
-  preconditioned: bool       # the edge bounds λ_max(P⁻¹H) (frozen diagonal P), not λ_max(H)
-  momentum: str | None       # the hyperparameter holding β; None for no momentum
-  ema: bool                  # m ← βm + (1−β)g (Adam's first moment) rather than m ← βm + g
-  nesterov: bool = False     # always Nesterov (nadam); else the `nesterov` hyperparameter decides
-
-
-_EDGE_RULES = {
-    "sgd": _EdgeRule(False, "momentum", False),
-    "rmsprop": _EdgeRule(True, "momentum", False),
-    "adagrad": _EdgeRule(True, None, False),
-    "nadam": _EdgeRule(True, "b1", True, nesterov=True),
-    **{name: _EdgeRule(True, "b1", True) for name in (
-        "adam", "adamw", "adam_l2", "amsgrad", "lazy_adam", "adahessian", "sophia_h", "sophia_g")},
-}
-
-
-def _edge(optimizer: dict, preconditioned: bool, learning_rate: Any = None) -> Any:
-  """The edge of `optimizer` (name + hyperparameters; missing ones take the factory's defaults).
-
-  On the quadratic ½λx², heavy-ball momentum (x ← x − η m, m ← βm + g) has the characteristic
-  polynomial z² − (1 + β − ηλ) z + β, whose root leaves the unit disc through −1 at
-  ηλ = 2 + 2β. Nesterov's form as optax traces it (x ← x − η (g + βm)) has
-  z² − (1 + β)(1 − ηλ) z + β(1 − ηλ), unstable past ηλ = (2 + 2β)/(1 + 2β) (derived here; it
-  agrees with simulation, tests/test_monitor.py). An EMA first moment, (1 − β)g in place of g,
-  is heavy ball at learning rate η(1 − β). Coupled weight decay (SGD's) adds wd to every
-  curvature, so the edge on the loss' λ_max is lowered by wd; decoupled or L2 decay of the
-  adaptive methods is not modelled (it moves their edge by O(wd)). Arithmetic only, so traced
-  (injected) hyperparameters work. None where no rule applies.
-  """
-  rule = _EDGE_RULES.get(optimizer.get("name"))
-  if rule is None or rule.preconditioned != preconditioned:
-    return None
-  signature = inspect.signature(optim.get(optimizer["name"])).parameters
-  hp = {k: p.default for k, p in signature.items() if p.default is not inspect.Parameter.empty}
-  hp.update(optimizer)
-  lr = hp.get("learning_rate") if learning_rate is None else learning_rate
-  beta = hp.get(rule.momentum) if rule.momentum else None
-  beta = 0.0 if beta is None else beta
-  nesterov = rule.nesterov or bool(hp.get("nesterov", False))
-  step = lr * (1 - beta) if rule.ema else lr
-  edge = (2 + 2 * beta) / (step * (1 + 2 * beta) if nesterov else step)
-  return edge if preconditioned else edge - hp.get("weight_decay", 0.0)
-
-
-def _hyperparameters(optimizer: dict) -> dict:
-  """An optimizer config's hyperparameters: everything but its name and learning rate."""
-  return {k: v for k, v in optimizer.items() if k not in ("name", "learning_rate")}
-
-
-def _constant_lr(optimizer: dict) -> float | None:
-  lr = optimizer.get("learning_rate")
-  is_number = isinstance(lr, numbers.Real) and not isinstance(lr, bool)
-  return float(lr) if is_number and 0 < lr < float("inf") else None
-
-
-def stability_edge(optimizer: dict) -> float | None:
-  """The sharpness λ_max(H) past which `optimizer` at its constant learning rate η diverges.
-
-  `optimizer` is a resolved optimizer config, {"name": ..., "learning_rate": ..., **hyperparams}.
-  SGD: 2/η for gradient descent, (2 + 2β)/η with heavy-ball momentum β, (2 + 2β)/(η(1 + 2β))
-  with Nesterov's, each minus a coupled weight decay (derivation in `_edge`). None for a
-  schedule, and for adaptive methods, whose edge bounds the preconditioned sharpness
-  (`preconditioned_stability_edge`), or methods with no such edge.
-
-  References: Cohen et al., 2021, Gradient descent on neural networks typically occurs at the
-  edge of stability (arXiv:2103.00065), section 2 and appendix B.
-  """
-  if optimizer.get("name") != "sgd" or _constant_lr(optimizer) is None:
-    return None
-  return float(_edge(optimizer, False, _constant_lr(optimizer)))
-
-
-def preconditioned_stability_edge(optimizer: dict) -> float | None:
-  """The edge on the preconditioned sharpness λ_max(P⁻¹H), P the diagonal preconditioner.
-
-  With P frozen, x ← x − η P⁻¹ m is momentum descent on P^{-1/2} H P^{-1/2}: (2 + 2β1)/((1 − β1) η)
-  for the Adam family with EMA momentum β1 (adam, adamw, adam_l2, amsgrad, lazy_adam, adahessian,
-  and Sophia in its unclipped regime), (2 + 2β1)/((1 − β1)(1 + 2β1) η) for nadam, 2/η for
-  adagrad and rmsprop (with momentum β: (2 + 2β)/η, or Nesterov's form, as for SGD). None for a
-  schedule and for methods without such a rule (radam's rectification, lamb, novograd, lars, …).
-
-  References: Cohen et al., 2022, Adaptive gradient methods at the edge of stability
-  (arXiv:2207.14484), section 3.
-  """
-  lr = _constant_lr(optimizer)
-  edge = None if lr is None else _edge(optimizer, True, lr)
-  return None if edge is None else float(edge)
-
-
 _OUTPUTS = {"trace": ("trace", "trace_stderr")}   # metrics that return more than their own value
 _NEEDS_LANCZOS = {"lambda_max", "lambda_min", "eos_ratio", "top_k_gradient_fraction"}
 _NEEDS_PRECONDITIONER = {"preconditioned_lambda_max", "preconditioned_eos_ratio"}
 _NEEDS_HESSIAN = _NEEDS_LANCZOS | _NEEDS_PRECONDITIONER | {"trace", "directional_sharpness",
                                    "spectral_density", "layer_lambda_max"}
+# The metrics that read the optimizer's state. Every other one is a function of (params, grads,
+# updates, batch) alone, measured by one program that the monitors of a problem share (`_shared`).
+_NEEDS_OPT_STATE = {"eos_ratio"} | _NEEDS_PRECONDITIONER
+# The monitor runs every k steps: XLA's cheapest backend optimisation compiles it 3–4× faster.
+_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+class _Spec(NamedTuple):
+  """What the optimizer-independent metrics depend on: monitors with equal specs share programs."""
+  metrics: frozenset[str]          # the metrics measured without opt_state (lambda_max for eos_ratio)
+  loss_fn: Callable                # (params, batch) -> scalar
+  model_fn: Callable | None        # set only for ggn_lambda_max, so that it splits nothing else
+  output_loss_fn: Callable | None  # likewise
+  lanczos_iters: int               # Lanczos steps of every eigenvalue metric
+  top_k: int                       # Ritz pairs kept: top_k for top_k_gradient_fraction, else 1
+  trace_samples: int               # Hutchinson probes of trace
+  slq_probes: int                  # probes of spectral_density
+  seed: int                        # the probes' and start vectors' key, folded with the step
+
+
+def _key(seed: int, step: Any) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
+@functools.lru_cache(maxsize=64)
+def _hvp_at(loss_fn: Callable) -> Callable:
+  """(params, batch, v) -> Hv: one function per loss, so the host path's jitted Lanczos steps
+  (Partials of it with (params, batch) as leaves) compile once per problem, not once per call."""
+  return lambda params, batch, v: curvature.hvp(lambda p: loss_fn(p, batch), params, v)
+
+
+@functools.lru_cache(maxsize=64)
+def _ggn_at(model_fn: Callable, output_loss_fn: Callable) -> Callable:
+  """(params, batch, v) -> Gv, as `_hvp_at` for the Gauss-Newton matrix."""
+  return lambda params, batch, v: curvature.ggn_fn(
+      lambda p: model_fn(p, batch), lambda o: output_loss_fn(o, batch), params)(v)
+
+
+def _linearize(spec: _Spec, params: Any, batch: Any, hessian: bool) -> tuple[Any, Any]:
+  hess = curvature.hvp_fn(lambda p: spec.loss_fn(p, batch), params) if hessian else None
+  ggn = None
+  if "ggn_lambda_max" in spec.metrics:
+    ggn = curvature.ggn_fn(lambda p: spec.model_fn(p, batch), lambda o: spec.output_loss_fn(o, batch), params)
+  return hess, ggn
+
+
+def _measure_shared(spec: _Spec, hess, ggn, params, grads, updates, key, loop) -> dict[str, jax.Array]:
+  """The metrics of `spec.metrics` (and those computed along with them)."""
+  lanczos_key, trace_key, _, ggn_key = jax.random.split(key, 4)  # the third is the preconditioned metrics'
+  want, out = spec.metrics, {}
+  if _NEEDS_LANCZOS & want:
+    eigs = curvature.lanczos_eigs(hess, params, lanczos_key, spec.lanczos_iters, spec.top_k, loop=loop)
+    out["lambda_max"], out["lambda_min"] = eigs.top_values[0], eigs.bottom_values[0]
+    if "top_k_gradient_fraction" in want:
+      coeffs = jax.vmap(lambda v: optax.tree.vdot(v, grads))(eigs.top_vectors)
+      out["top_k_gradient_fraction"] = jnp.sum(coeffs**2) / optax.tree.vdot(grads, grads)
+  if "trace" in want:
+    out["trace"], out["trace_stderr"], _ = curvature.hutchinson_trace(hess, params, trace_key, spec.trace_samples,
+                                                                      loop=loop)
+  if {"directional_sharpness", "gradient_correlation"} & want:
+    u_norm2 = optax.tree.vdot(updates, updates)
+    if "directional_sharpness" in want:
+      out["directional_sharpness"] = optax.tree.vdot(updates, apply(hess, updates)) / u_norm2
+    if "gradient_correlation" in want:
+      g_norm = optax.tree.norm(grads)
+      out["gradient_correlation"] = -optax.tree.vdot(grads, updates) / (g_norm * jnp.sqrt(u_norm2))
+  if "ggn_lambda_max" in want:
+    out["ggn_lambda_max"] = curvature.lanczos_eigs(ggn, params, ggn_key, spec.lanczos_iters, 1, loop=loop).top_values[0]
+  if "spectral_density" in want:
+    nodes, weights = curvature.slq_quadrature(hess, params, jax.random.fold_in(key, 4), spec.lanczos_iters,
+                                              spec.slq_probes, loop=loop)
+    out["spectral_density"] = jnp.stack([nodes, weights])
+  if "layer_lambda_max" in want:
+    out["layer_lambda_max"] = _layer_lambda_max(hess, params, jax.random.fold_in(key, 5), spec.lanczos_iters, loop)
+  return out
+
+
+@functools.lru_cache(maxsize=64)
+def _shared(spec: _Spec, batched: bool) -> Callable:
+  """The jitted (params, grads, updates, batch, step) -> metrics of `spec`, over a leading run
+  axis if `batched` (one step for all runs): one program for every monitor with this spec, so a
+  sweep's optimizer groups on one problem trace and compile it once."""
+
+  def measure(params, grads, updates, batch, step):
+    hess, ggn = _linearize(spec, params, batch, bool(_NEEDS_HESSIAN & spec.metrics))
+    return _measure_shared(spec, hess, ggn, params, grads, updates, _key(spec.seed, step), "scan")
+
+  return jax.jit(jax.vmap(measure, in_axes=(0, 0, 0, 0, None)) if batched else measure,
+                 compiler_options=_COMPILER_OPTIONS)
 
 
 class Monitor:
   """Curvature diagnostics of a training step; build once, call every k steps.
+
+  `vmapped()` is the same monitor over a leading run axis (programs shared as the module says).
 
   Args:
     metrics: names from `METRICS`.
@@ -221,53 +224,73 @@ class Monitor:
       if optimizer is None:
         raise ValueError(f"{sorted(wants_preconditioner)} need Monitor(optimizer={{'name': ...}}) or "
                          "preconditioner=fn with fn(opt_state) -> diagonal P")
-      preconditioner = preconditioners.preconditioner_fn(optimizer["name"], **_hyperparameters(optimizer))
-    rule = _EDGE_RULES.get((optimizer or {}).get("name"))
+      preconditioner = preconditioners.preconditioner_fn(optimizer["name"], **edges.hyperparameters(optimizer))
+    rule = edges.RULES.get((optimizer or {}).get("name"))
     if "preconditioned_eos_ratio" in metrics and (rule is None or not rule.preconditioned):
       raise ValueError("preconditioned_eos_ratio needs Monitor(optimizer=...) naming an optimizer with a "
-                       "preconditioned edge: " + ", ".join(n for n, r in _EDGE_RULES.items() if r.preconditioned))
+                       "preconditioned edge: " + ", ".join(n for n, r in edges.RULES.items() if r.preconditioned))
     self.metrics = tuple(metrics)
     self.optimizer = optimizer
     if learning_rate is None and optimizer is not None:
-      learning_rate = _constant_lr(optimizer)
+      learning_rate = edges.constant_lr(optimizer)
     self.loss_fn, self.model_fn, self.output_loss_fn = loss_fn, model_fn, output_loss_fn
     self.learning_rate = learning_rate
     self.lanczos_iters, self.top_k, self.trace_samples = lanczos_iters, top_k, trace_samples
     self.slq_probes = slq_probes
     self.preconditioner = preconditioner
     self.seed, self.loop = seed, loop
-    self._compiled = jax.jit(self._scan_impl)
+    ggn = "ggn_lambda_max" in metrics
+    self._spec = _Spec(
+        frozenset(set(metrics) - _NEEDS_OPT_STATE | ({"lambda_max"} if "eos_ratio" in metrics else set())),
+        loss_fn, model_fn if ggn else None, output_loss_fn if ggn else None, lanczos_iters,
+        top_k if "top_k_gradient_fraction" in metrics else 1, trace_samples, slq_probes, seed,
+    )
+    self._batched = False
+    self._own = jax.jit(self._optimizer_metrics, compiler_options=_COMPILER_OPTIONS)
+
+  def vmapped(self) -> Monitor:
+    """This monitor over a leading run axis of (params, grads, updates, opt_state, batch), one
+    step for all runs (what `jax.vmap` with in_axes (0, 0, 0, 0, 0, None) gives), its programs
+    shared as the unbatched ones are."""
+    view = copy.copy(self)
+    view._batched = True
+    view._own = jax.jit(jax.vmap(self._optimizer_metrics, in_axes=(0, 0, 0, None, 0)),
+                        compiler_options=_COMPILER_OPTIONS)
+    return view
 
   def __call__(self, params, grads, updates, opt_state, batch, step=0) -> dict[str, jax.Array]:
-    key = jax.random.fold_in(jax.random.key(self.seed), step)
-    if is_traced(params, batch) or not self.metrics:
-      return self._scan_impl(params, grads, updates, opt_state, batch, key, step)
-    # Host path: matvecs are Partials of fixed functions with (params, batch) as leaves, so
-    # each jitted Lanczos step compiles once per Monitor, not once per call.
-    hess = Partial(self._hvp_at, params, batch) if _NEEDS_HESSIAN.intersection(self.metrics) else None
-    ggn = Partial(self._ggn_at, params, batch) if "ggn_lambda_max" in self.metrics else None
-    if resolve_loop(self.loop, hess if hess is not None else ggn, params) == "scan":
-      return self._compiled(params, grads, updates, opt_state, batch, key, step)
-    return self._measure(hess, ggn, params, grads, updates, opt_state, key, step, "python")
+    if not self.metrics:
+      return {}
+    if is_traced(params, batch):  # inside the caller's jit or vmap: one computation, inlined there
+      inline = jax.vmap(self._inline, in_axes=(0, 0, 0, 0, 0, None)) if self._batched else self._inline
+      return inline(params, grads, updates, opt_state, batch, step)
+    # Host path: matvecs are Partials of fixed functions with (params, batch) as leaves.
+    hess = Partial(_hvp_at(self.loss_fn), params, batch) if _NEEDS_HESSIAN.intersection(self.metrics) else None
+    ggn = Partial(_ggn_at(self.model_fn, self.output_loss_fn), params, batch) if self._spec.model_fn else None
+    if self._batched or resolve_loop(self.loop, hess if hess is not None else ggn, params) == "scan":
+      out = _shared(self._spec, self._batched)(params, grads, updates, batch, step)
+      if _NEEDS_OPT_STATE.intersection(self.metrics):
+        out |= self._own(params, opt_state, batch, step, out.get("lambda_max"))
+      return self._select(out)
+    key = _key(self.seed, step)
+    out = _measure_shared(self._spec, hess, ggn, params, grads, updates, key, "python")
+    return self._select(out | self._measure_own(hess, params, opt_state, key, step, out.get("lambda_max"), "python"))
 
-  def _hvp_at(self, params, batch, v):
-    return curvature.hvp(lambda p: self.loss_fn(p, batch), params, v)
+  def _select(self, out: dict) -> dict[str, jax.Array]:
+    return {name: out[name] for metric in self.metrics for name in _OUTPUTS.get(metric, (metric,))}
 
-  def _ggn_at(self, params, batch, v):
-    model_fn = lambda p: self.model_fn(p, batch)
-    return curvature.ggn_fn(model_fn, lambda o: self.output_loss_fn(o, batch), params)(v)
+  def _inline(self, params, grads, updates, opt_state, batch, step):
+    key = _key(self.seed, step)
+    hess, ggn = _linearize(self._spec, params, batch, bool(_NEEDS_HESSIAN.intersection(self.metrics)))
+    out = _measure_shared(self._spec, hess, ggn, params, grads, updates, key, "scan")
+    return self._select(out | self._measure_own(hess, params, opt_state, key, step, out.get("lambda_max"), "scan"))
 
-  def _linearize_impl(self, params, batch):
-    hess = ggn = None
-    if _NEEDS_HESSIAN.intersection(self.metrics):
-      hess = curvature.hvp_fn(lambda p: self.loss_fn(p, batch), params)
-    if "ggn_lambda_max" in self.metrics:
-      ggn = curvature.ggn_fn(lambda p: self.model_fn(p, batch), lambda o: self.output_loss_fn(o, batch), params)
-    return hess, ggn
-
-  def _scan_impl(self, params, grads, updates, opt_state, batch, key, step):
-    hess, ggn = self._linearize_impl(params, batch)
-    return self._measure(hess, ggn, params, grads, updates, opt_state, key, step, "scan")
+  def _optimizer_metrics(self, params, opt_state, batch, step, lambda_max):
+    """The metrics that read opt_state (the monitor's own program; it linearises only for the
+    preconditioned ones)."""
+    hessian = bool(_NEEDS_PRECONDITIONER.intersection(self.metrics))
+    hess, _ = _linearize(self._spec._replace(metrics=frozenset()), params, batch, hessian)
+    return self._measure_own(hess, params, opt_state, _key(self.seed, step), step, lambda_max, "scan")
 
   def _lr(self, opt_state, step):
     lr = preconditioners.injected_hyperparams(opt_state).get("learning_rate", self.learning_rate)
@@ -280,52 +303,21 @@ class Monitor:
     2/lr for `eos_ratio` where the optimizer has none (or none was given)."""
     lr = self._lr(opt_state, step)
     config = {**(self.optimizer or {}), **preconditioners.injected_hyperparams(opt_state)}
-    edge = _edge(config, preconditioned, lr) if self.optimizer else None
+    edge = edges.edge(config, preconditioned, lr) if self.optimizer else None
     return 2 / lr if edge is None else edge
 
-  def _top_eig(self, matvec, params, key, loop):
-    k = self.top_k if "top_k_gradient_fraction" in self.metrics else 1
-    return curvature.lanczos_eigs(matvec, params, key, self.lanczos_iters, k, loop=loop)
-
-  def _measure(self, hess, ggn, params, grads, updates, opt_state, key, step, loop):
-    lanczos_key, trace_key, precond_key, ggn_key = jax.random.split(key, 4)
-    want = set(self.metrics)
-    out = {}
-    if _NEEDS_LANCZOS & want:
-      eigs = self._top_eig(hess, params, lanczos_key, loop)
-      out["lambda_max"], out["lambda_min"] = eigs.top_values[0], eigs.bottom_values[0]
-      if "eos_ratio" in want:
-        out["eos_ratio"] = eigs.top_values[0] / self._edge(opt_state, step, False)
-      if "top_k_gradient_fraction" in want:
-        coeffs = jax.vmap(lambda v: optax.tree.vdot(v, grads))(eigs.top_vectors)
-        out["top_k_gradient_fraction"] = jnp.sum(coeffs**2) / optax.tree.vdot(grads, grads)
-    if "trace" in want:
-      out["trace"], out["trace_stderr"], _ = curvature.hutchinson_trace(hess, params, trace_key, self.trace_samples,
-                                                                        loop=loop)
+  def _measure_own(self, hess, params, opt_state, key, step, lambda_max, loop) -> dict[str, jax.Array]:
+    want, out = set(self.metrics), {}
+    if "eos_ratio" in want:
+      out["eos_ratio"] = lambda_max / self._edge(opt_state, step, False)
     if _NEEDS_PRECONDITIONER & want:
       inv_sqrt = jax.tree.map(lambda p: 1.0 / jnp.sqrt(p), self.preconditioner(opt_state))
-      scaled = jax.tree_util.Partial(_scaled_apply, hess, inv_sqrt)
+      scaled = Partial(_scaled_apply, hess, inv_sqrt)
       out["preconditioned_lambda_max"] = curvature.lanczos_eigs(
-          scaled, params, precond_key, self.lanczos_iters, 1, loop=loop).top_values[0]
+          scaled, params, jax.random.split(key, 4)[2], self.lanczos_iters, 1, loop=loop).top_values[0]
       if "preconditioned_eos_ratio" in want:
         out["preconditioned_eos_ratio"] = out["preconditioned_lambda_max"] / self._edge(opt_state, step, True)
-    if {"directional_sharpness", "gradient_correlation"} & want:
-      u_norm2 = optax.tree.vdot(updates, updates)
-      if "directional_sharpness" in want:
-        out["directional_sharpness"] = optax.tree.vdot(updates, apply(hess, updates)) / u_norm2
-      if "gradient_correlation" in want:
-        g_norm = optax.tree.norm(grads)
-        out["gradient_correlation"] = -optax.tree.vdot(grads, updates) / (g_norm * jnp.sqrt(u_norm2))
-    if "ggn_lambda_max" in want:
-      out["ggn_lambda_max"] = curvature.lanczos_eigs(
-          ggn, params, ggn_key, self.lanczos_iters, 1, loop=loop).top_values[0]
-    if "spectral_density" in want:
-      nodes, weights = curvature.slq_quadrature(hess, params, jax.random.fold_in(key, 4), self.lanczos_iters,
-                                                self.slq_probes, loop=loop)
-      out["spectral_density"] = jnp.stack([nodes, weights])
-    if "layer_lambda_max" in want:
-      out["layer_lambda_max"] = _layer_lambda_max(hess, params, jax.random.fold_in(key, 5), self.lanczos_iters, loop)
-    return {name: out[name] for metric in self.metrics for name in _OUTPUTS.get(metric, (metric,))}
+    return out
 
 
 def _scaled_apply(matvec: Callable, inv_sqrt: Any, v: Any) -> Any:

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from optlab_jax import checkpoints, checks
+from optlab_jax import monitor as monitors
 from optlab_jax.curvature.loops import has_primitive, resolve_loop
 from optlab_jax.optim.schedule_free import schedule_free_eval_params
 from optlab_jax.problems import Problem
@@ -163,7 +164,9 @@ def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=
   if batched:
     init, step = jax.vmap(init), jax.vmap(step, in_axes=(0, 0, None, None))
     metrics = jax.vmap(metrics, in_axes=(None, 0))
-    monitor = monitor and jax.vmap(monitor, in_axes=(0, 0, 0, 0, 0, None))
+    # A monitor.Monitor vmaps itself, keeping the programs it shares with the sweep's other groups.
+    vmapped = lambda m: m.vmapped() if isinstance(m, monitors.Monitor) else jax.vmap(m, in_axes=(0, 0, 0, 0, 0, None))
+    monitor = monitor and vmapped(monitor)
   is_monitor_step = lambda t: monitor is not None and (t + 1) % monitor_every == 0
 
   def scan_chunk(length, state, hp, data, t0):
@@ -192,7 +195,10 @@ def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=
       chunk = lambda *a, length=length: scan_chunk(length, *a)
       state, loss, *aux = run(f"scan{length}", chunk, state, hparams, data, ts[0])
       if is_monitor_step(ts[-1]):  # aux: the last step's (params, grads, updates, opt_state, batch)
-        monitored.append((int(ts[-1]) + 1, run("monitor", monitor, *aux[0], ts[-1], cold=True)))
+        args = (*aux[0], ts[-1])
+        # A monitor.Monitor compiles itself (what it shares with other groups, once); others compile here.
+        values = monitor(*args) if isinstance(monitor, monitors.Monitor) else run("monitor", monitor, *args, cold=True)
+        monitored.append((int(ts[-1]) + 1, values))
     else:
       loss = []
       for t in ts:

@@ -18,7 +18,7 @@ LAYERS = (
     ("cli",),
     ("config", "sweep", "executors"),
     ("results", "plots", "landscape_plots", "toy_plots", "findings"),
-    ("train", "checkpoints", "sharding", "monitor", "landscape"),
+    ("train", "checkpoints", "sharding", "monitor", "edges", "landscape"),
     ("optim", "problems", "schedules"),
     ("curvature",),
     ("checks", "compat"),

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from optlab_jax import curvature
+from optlab_jax import monitor as monitor_module
 from optlab_jax.curvature.loops import apply
 from optlab_jax import optim
 from optlab_jax.optim import preconditioner
@@ -103,7 +104,7 @@ def test_jitted_and_host_paths_agree(model):
 def test_conv_on_cpu_runs_python_loop_and_compiles_once():
   args, ctx = _setup("cnn")
   monitor = Monitor(["lambda_max", "directional_sharpness"], lanczos_iters=10, **args)
-  hess = jax.tree_util.Partial(monitor._hvp_at, ctx["params"], None)
+  hess = jax.tree_util.Partial(monitor_module._hvp_at(monitor.loss_fn), ctx["params"], None)
   assert curvature.resolve_loop("auto", hess, ctx["params"]) == ("python" if jax.default_backend() == "cpu" else "scan")
   _call(monitor, ctx, step=1)
   compiled = apply._cache_size()
@@ -290,3 +291,29 @@ def test_eos_ratio_uses_the_optimizers_own_edge():
                                   ({"name": "sgd", "learning_rate": 0.2, "momentum": 0.9}, no_lr, 3.8 / 0.2)]:
     monitor = Monitor(["eos_ratio"], optimizer=optimizer, **kwargs)
     np.testing.assert_allclose(float(monitor._edge((), 0, False)), edge, rtol=1e-12, err_msg=str(optimizer))
+
+
+def test_optimizer_groups_of_one_problem_trace_the_shared_program_once(monkeypatch):
+  """A sweep's groups differ in their optimizer: the metrics that never read opt_state are one
+  program traced once for all of them, with the numbers of each group's own inlined monitor and
+  the quadratic's closed form (full-batch Hessian A, λ_max = condition)."""
+  from optlab_jax import problems, train
+
+  problem, lrs, metrics = problems.build("quadratic", dim=4, condition=10.0), np.array([0.05, 0.1]), (
+      "lambda_max", "eos_ratio", "gradient_correlation")
+  probe = lambda name: Monitor(metrics, problem.loss, optimizer={"name": name, "learning_rate": 0.05}, lanczos_iters=4)
+  fit = lambda name, monitor: train.fit_vmapped(problem, optim.get(name), {"learning_rate": lrs}, np.arange(2),
+                                                steps=4, monitor=monitor, monitor_every=2, loop="scan")
+  traces, measure = [], monitor_module._measure_shared
+  monkeypatch.setattr(monitor_module, "_measure_shared", lambda *a: traces.append(a[0]) or measure(*a))
+  shared = {name: fit(name, probe(name)) for name in ("sgd", "adam")}
+  assert len(traces) == 1
+  for name, histories in shared.items():
+    inlined = probe(name)
+    unshared = fit(name, lambda *a: inlined(*a))  # a plain function: train jits it into a program of its own
+    for history, reference, lr in zip(histories, unshared, lrs):
+      for metric in metrics:
+        np.testing.assert_allclose(history.monitor[metric], reference.monitor[metric], rtol=1e-6, err_msg=metric)
+      np.testing.assert_allclose(history.monitor["lambda_max"], 10.0, rtol=1e-5)
+      np.testing.assert_allclose(history.monitor["eos_ratio"], lr * 10.0 / 2, rtol=1e-5)  # GD's edge 2/lr
+  assert len(traces) == 3  # the two inlined monitors traced their own
