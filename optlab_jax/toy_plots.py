@@ -6,10 +6,12 @@ minimum it reaches from which start.
 - `saddle_gd_escape_step`: its closed form for gradient descent on x² − y²: x_t = (1 − 2η)ᵗ x₀,
   y_t = (1 + 2η)ᵗ y₀, so the escape takes ≈ log(1/|y₀|) / log(1 + 2η) steps.
 - `saddle_escapes`: per optimizer, the measured steps against log(1/|y₀|) and the fitted slope.
+- `average_regret`: per point of an `online_linear` sweep (configs/adam_amsgrad.yaml), each
+  seed's average expected regret (1/T) Σ_{t≤T} δ(x_t − x*), from the iterates at the eval steps.
 - `plot_directory` (called by `optlab plot`) writes `saddle_escape.png` (the steps against
   log(1/|y₀|), the closed form dashed), `xcos_basins.png` (the final x against the start, with
-  the minima) and `landscape_losses.png` (the loss curves of x³, the plateau and tanh), each
-  where the directory has such runs.
+  the minima), `landscape_losses.png` (the loss curves of x³, the plateau and tanh) and
+  `average_regret.png`, each where the directory has such runs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from matplotlib.figure import Figure
 from optlab_jax import results
 from optlab_jax.problems import landscapes
 
-__all__ = ["SADDLE_THRESHOLD", "escape_step", "plot_directory", "saddle_escapes", "saddle_gd_escape_step"]
+__all__ = ["SADDLE_THRESHOLD", "average_regret", "escape_step", "plot_directory", "saddle_escapes",
+           "saddle_gd_escape_step"]
 
 # A run has left the saddle once x² − y² ≤ −1 (|y| ≥ 1, past the start's scale).
 SADDLE_THRESHOLD = -1.0
@@ -137,6 +140,34 @@ def _loss_figure(directory: Path, names: list[str]) -> Figure:
   return fig
 
 
+def average_regret(directory: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Point label -> (eval steps, [seeds, steps] running means of `eval.regret`) of the
+  `online_linear` runs: the average expected regret up to each eval step (eval steps equally
+  spaced, so it estimates the average over every step)."""
+  points: dict[str, list[dict]] = {}
+  for record, metrics in _runs(Path(directory), "online_linear"):
+    points.setdefault(record["label"], []).append(metrics)
+  out = {}
+  for label, runs in points.items():
+    n = min(len(m["eval.regret"]) for m in runs)
+    regret = np.stack([np.asarray(m["eval.regret"][:n], np.float64) for m in runs])
+    out[label] = (runs[0]["eval_step"][:n], np.cumsum(regret, axis=1) / np.arange(1, n + 1))
+  return out
+
+
+def _regret_figure(regrets: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
+  fig = Figure(figsize=(7, 4.5), layout="constrained")
+  ax = fig.subplots()
+  for i, (label, (steps, runs)) in enumerate(regrets.items()):
+    ax.plot(steps, np.median(runs, axis=0), color=f"C{i}", label=f"{label} (median of {len(runs)} seeds)")
+    ax.fill_between(steps, runs.min(axis=0), runs.max(axis=0), color=f"C{i}", alpha=0.15, linewidth=0)
+  ax.set(xlabel="step T", ylabel="average regret (1/T) Σ δ(x_t − x*)", xscale="log", yscale="log",
+         title="Reddi et al.'s online problem on [−1, 1]; band: min–max over seeds")
+  ax.legend(fontsize="small")
+  ax.grid(alpha=0.3, which="both")
+  return fig
+
+
 def plot_directory(directory: str | Path, out: str | Path | None = None) -> list[Path]:
   """Writes the toy-landscape figures of a results directory under `out` (default: `directory`)."""
   directory = Path(directory)
@@ -149,6 +180,8 @@ def plot_directory(directory: str | Path, out: str | Path | None = None) -> list
     figures["xcos_basins"] = _xcos_figure(_runs(directory, "xcos"))
   if panels := [name for name in _LOSS_PANELS if name in problems]:
     figures["landscape_losses"] = _loss_figure(directory, panels)
+  if "online_linear" in problems:
+    figures["average_regret"] = _regret_figure(average_regret(directory))
   out.mkdir(parents=True, exist_ok=True)
   for name, fig in figures.items():
     fig.savefig(out / f"{name}.png", dpi=100)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 import textwrap
 
+import jax
 import numpy as np
+import optax
 import pytest
 
-from optlab_jax import config, results, sweep, toy_plots
+from optlab_jax import config, optim, problems, results, schedules, sweep, toy_plots, train
 from optlab_jax.problems import landscapes
 
 # Claim 11 at a small size: one sweep of zipped (problem, optimizer) pairs, 700 steps each.
@@ -134,3 +136,65 @@ def test_tanh_vanishing_gradient_stalls_gd_from_a_large_start(toys):
   assert moved == pytest.approx(700 * 0.05 * (1 - np.tanh(4.0) ** 2), rel=0.1)
   assert math.tanh(4.0) - far["final"]["loss"] < 1e-3
   assert near["final"]["loss"] < -0.99  # from 0.5 the same steps reach the tail near the infimum −1
+
+
+# Claim 15: Reddi et al.'s online problem, projected onto [−1, 1].
+
+
+def test_projected_adam_is_optax_adam_followed_by_a_clip_of_the_iterate():
+  lr, lower, upper = 0.3, -0.5, 0.7
+  target = {"a": np.array([2.0, -3.0, 0.1]), "b": np.array([[0.2, -0.4], [1.5, 0.0]])}
+  grad_fn = lambda p: jax.tree.map(lambda w, c: w - c, p, target)  # of ½‖p − target‖², minimum outside the box
+  params = jax.tree.map(np.zeros_like, target)
+  tx = optim.projected(lr, lower=lower, upper=upper, base="adam", base_kwargs={"b1": 0.5})
+  state, update = tx.init(params), jax.jit(tx.update)
+  ref, ref_tx = params, optax.adam(lr, b1=0.5)
+  ref_state, ref_update = ref_tx.init(ref), jax.jit(ref_tx.update)
+  for _ in range(6):
+    updates, state = update(grad_fn(params), state, params)
+    params = optax.apply_updates(params, updates)
+    u, ref_state = ref_update(grad_fn(ref), ref_state, ref)
+    ref = jax.tree.map(lambda w, d: np.clip(w + d, lower, upper), ref, u)  # numpy's clip is the projection
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), params, ref)
+  assert float(params["a"][0]) == upper and float(params["a"][1]) == lower  # both bounds active
+  with pytest.raises(ValueError, match="upper"):
+    optim.projected(lr, lower=1.0, upper=0.0)
+  with pytest.raises(ValueError, match="base"):
+    optim.projected(lr, base="adamm")
+
+
+def test_online_linear_draws_the_large_slope_with_its_probability():
+  problem = problems.build("online_linear", dtype="float64")
+  slopes = jax.jit(problem.sample_batch, static_argnums=1)(jax.random.key(0), 200_000)["x"]
+  assert set(np.unique(slopes)) == {1010.0, -10.0}
+  # Binomial(200000, 0.01): the fraction's standard error is 2.2e-4; 5 of them.
+  assert np.mean(slopes == 1010.0) == pytest.approx(0.01, abs=1.1e-3)
+  assert problem.info["expected_slope"] == pytest.approx(0.01 * 1010 - 0.99 * 10, rel=1e-12)
+  with pytest.raises(ValueError, match="probability"):
+    problems.build("online_linear", probability=0.005)  # expected slope < 0: x* would be +1
+
+
+@pytest.fixture(scope="module")
+def regrets():
+  """Average expected regret (1/T) Σ δ(x_t + 1) at T/4 and T for Adam and AMSGrad, 4 seeds each."""
+  problem = problems.build("online_linear")
+  steps, every, out = 20_000, 100, {}
+  for base in ("adam", "amsgrad"):
+    tx_factory = lambda base=base: optim.projected(  # α/√t steps, as in the paper
+        schedules.inverse_sqrt_decay(1.0, 1.0), lower=-1.0, upper=1.0, base=base, base_kwargs={"b1": 0.9, "b2": 0.99})
+    histories = train.fit_vmapped(problem, tx_factory, {}, np.arange(4), steps=steps, eval_every=every)
+    regret = np.stack([h.eval["regret"] for h in histories])
+    average = np.cumsum(regret, axis=1) / np.arange(1, regret.shape[1] + 1)
+    out[base] = (average[:, regret.shape[1] // 4 - 1], average[:, -1], np.array([h.final["x"] for h in histories]))
+  return out
+
+
+def test_adam_average_regret_stays_near_its_worst_while_amsgrad_goes_down(regrets):
+  delta = 0.01 * 1010 - 0.99 * 10  # worst average regret 2δ = 0.4, at x = +1
+  adam_quarter, adam_end, adam_x = regrets["adam"]
+  ams_quarter, ams_end, ams_x = regrets["amsgrad"]
+  # Adam is pulled to x = +1 on every seed, and its average regret does not fall.
+  assert np.all(adam_x > 0.5) and np.all(adam_end > 0.7 * delta * 2) and np.all(adam_end >= adam_quarter - 0.01)
+  # AMSGrad heads for x* = −1: its average regret falls from T/4 to T, below Adam's.
+  assert np.median(ams_end) < 0.6 * np.median(adam_end) and np.median(ams_end) < np.median(ams_quarter)
+

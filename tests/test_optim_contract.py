@@ -60,6 +60,7 @@ def sam_floor(lr: float, rho: float, eta: float | None = None) -> Floor:
 DEFAULT_TUNING = {"quadratic": (0.05, 1000, 1e-4), "rosenbrock": (0.02, 3000, 1e-3)}
 TUNING: dict[str, dict[str, tuple]] = {
     "sgd": {"quadratic": (0.015, 1000, 1e-4), "rosenbrock": (1.5e-3, 20000, 1e-3)},
+    "projected": {"quadratic": (0.015, 1000, 1e-4), "rosenbrock": (1.5e-3, 20000, 1e-3)},  # sgd, no bounds
     "adahessian": {"quadratic": (0.5, 1000, 1e-4), "rosenbrock": (2.0, 3000, 1e-3)},
     "sophia_g": {"quadratic": (0.01, 1000, 1e-4), "rosenbrock": (0.01, 3000, 1e-3)},
     # SAM/ASAM chatter in their ρ-ball: the 2-cycle's loss, computed from H at the minimum.
@@ -314,6 +315,7 @@ BAD_VALUES: dict[str, dict[str, object]] = {
     "polyak_sgd": {"max_learning_rate": 0.0, "f_min": math.nan},
     "ademamix": {"alpha": -1.0},
     "adafactor": {"min_dim_size_to_factor": 0, "clipping_threshold": -1.0, "decay_offset": -1},
+    "projected": {"lower": math.nan, "upper": math.nan},
 }
 
 
@@ -334,7 +336,7 @@ def _bad_value(key: str, name: str = ""):
 
 
 # Hyperparameters for which +inf means something, so the inf check skips them.
-INFINITY_MEANS_SOMETHING: dict[str, set[str]] = {"psgd_kron": {"max_skew_triangular"}}
+INFINITY_MEANS_SOMETHING: dict[str, set[str]] = {"psgd_kron": {"max_skew_triangular"}, "projected": {"lower", "upper"}}
 
 
 def _is_numeric(parameter: inspect.Parameter) -> bool:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from optlab_jax.checks import did_you_mean
 from optlab_jax.problems import (
-    char_transformer, deep_chain, digits, embedding, landscapes, mnist1d, pinn, teacher_student, test_functions,
+    char_transformer, deep_chain, digits, embedding, landscapes, mnist1d, online, pinn, teacher_student, test_functions,
 )
 from optlab_jax.problems.base import Problem
 
@@ -36,6 +36,7 @@ _FACTORIES: dict[str, Callable[..., Problem]] = {
     "pinn_poisson": pinn.pinn_poisson,
     "pinn_burgers": pinn.pinn_burgers,
     "embedding_regression": embedding.embedding_regression,
+    "online_linear": online.online_linear,
 }
 
 
