@@ -13,6 +13,7 @@ import textwrap
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from optlab_jax import cli, config, executors, results, sweep
@@ -23,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Two groups (the optimizers differ in program), two seeds each. The adam group is long enough
 # for a test to kill its worker or its driver while it runs.
 CONFIG = """
-problem: {name: quadratic, dim: 4, condition: 10.0}
+problem: {name: quadratic, dim: 4, condition: 10.0, dtype: float64}  # float64: the driver's x64 reaches the workers
 optimizer: {name: sgd, learning_rate: 0.05}
 train: {steps: 30, eval_every: 10, loop: python, checkpoint_every: 100}
 sweep: {zip: {optimizer: [{name: sgd, learning_rate: 0.05}, {name: adam, learning_rate: 0.01}], train.steps: [30, 3000]}}
@@ -34,7 +35,7 @@ seeds: [0, 1]
 @pytest.fixture(scope="module")
 def cluster():
   """One local Ray cluster of 2 CPUs for the module; its address."""
-  context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+  context = ray.init(num_cpus=2, include_dashboard=False)
   yield context.address_info["address"]
   ray.shutdown()
 
@@ -48,8 +49,10 @@ def experiment(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def in_process(experiment, tmp_path_factory):
-  """The sweep's records run in this process: what every Ray run must equal."""
-  return sweep.run(experiment, str(tmp_path_factory.mktemp("in_process")), progress=False)
+  """The sweep run in this process, its directory: what every Ray run must equal."""
+  out = tmp_path_factory.mktemp("in_process")
+  sweep.run(experiment, str(out), progress=False)
+  return out
 
 
 def _comparable(records: list[dict]) -> list[dict]:
@@ -58,19 +61,51 @@ def _comparable(records: list[dict]) -> list[dict]:
   return sorted(({k: v for k, v in r.items() if k not in drop} for r in records), key=lambda r: r["id"])
 
 
-def _assert_same_runs(out: pathlib.Path, reference: list[dict], reference_dir: pathlib.Path | None = None) -> None:
+def _assert_same_runs(out: pathlib.Path, reference: pathlib.Path) -> None:
+  """Each run recorded once, with the reference's record (timings aside) and per-step metrics."""
   lines = (out / "runs.jsonl").read_text().splitlines()
-  assert len(lines) == len({json.loads(line)["id"] for line in lines}) == len(reference)  # each run once
-  assert _comparable(results.load_records(out)) == _comparable(reference)
+  want = results.load_records(reference)
+  assert len(lines) == len({json.loads(line)["id"] for line in lines}) == len(want)
+  assert _comparable(results.load_records(out)) == _comparable(want)
+  for record in want:
+    got = results.load_metrics(out, record["id"])
+    for name, values in results.load_metrics(reference, record["id"]).items():
+      np.testing.assert_array_equal(got[name], values)
 
 
-def test_ray_tasks_record_the_in_process_runs(cluster, experiment, in_process, tmp_path):
+class Bar:
+  """Stands in for tqdm: the positions the bar took."""
+
+  def __init__(self, total, **kwargs):
+    self.total, self.n, self.positions = total, 0, []
+    Bar.last = self
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  def update(self, k):
+    self.n += k
+    self.positions.append(self.n)
+
+  def set_description(self, text):
+    pass
+
+
+def test_ray_tasks_record_the_in_process_runs(cluster, experiment, in_process, tmp_path, monkeypatch):
   out = tmp_path / "ray"
   logged = []
-  records = sweep.run(experiment, str(out), progress=False, log=logged.append, executor=executors.Ray())
+  monkeypatch.setattr(sweep, "tqdm", Bar)
+  records = sweep.run(experiment, str(out), log=logged.append, executor=executors.Ray())
   assert len(records) == 4
   _assert_same_runs(out, in_process)
   assert not logged and not (out / "checkpoints").exists()
+  # The tasks' reports moved the bar while they ran, not only when a group's runs came back.
+  positions = Bar.last.positions
+  assert positions == sorted(positions) and positions[-1] == Bar.last.total == 2 * 30 + 2 * 3000
+  assert set(positions) - {2 * 30, Bar.last.total}, positions
   assert ray.is_initialized()  # a cluster the executor did not start is left running
 
 
