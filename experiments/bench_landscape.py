@@ -12,6 +12,10 @@ them, where a point costs less than a dispatch) and a char_transformer (width 64
                      or `lax.map(batch_size=chunk)`; loop / program is the speed-up (target ≥ 10)
   peak MiB           `landscape.peak_bytes`: XLA's scratch + output memory of that program
   max |diff|         the largest difference between the loop's and the program's grid
+  loop/floor         the largest speed-up any program can reach: the loop's time over the grid's
+                     FLOPs (XLA's count for one point × points) at the machine's peak FLOP rate
+                     (bench_sweep.peak_flop_rate). Where it is below 10, each point is already
+                     compute-bound in the loop and the ≥ 10× target is out of reach on this CPU.
 Compilation is excluded (each is run once first); times are the minimum of --repeats runs.
 """
 
@@ -24,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench_sweep import peak_flop_rate
 from optlab_jax import landscape, problems
 
 
@@ -53,8 +58,11 @@ def main() -> None:
   args = parser.parse_args()
   n = 11 if args.quick else 41
   xs = ys = np.linspace(-1.0, 1.0, n)
-  print(f"backend {jax.default_backend()}, grid {n}x{n} = {n * n} points, best of {args.repeats}")
-  print(f"{'model':34s} {'params':>8s} {'program':>12s} {'ms':>9s} {'loop/prog':>9s} {'peak MiB':>9s} {'max |diff|':>10s}")
+  peak_rate = peak_flop_rate(args.repeats)
+  print(f"backend {jax.default_backend()}, grid {n}x{n} = {n * n} points, best of {args.repeats}, "
+        f"peak {peak_rate / 1e9:.1f} GFLOP/s")
+  print(f"{'model':34s} {'params':>8s} {'program':>12s} {'ms':>9s} {'loop/prog':>9s} {'peak MiB':>9s} {'max |diff|':>10s} "
+        f"{'loop/floor':>10s}")
   for name, problem, loss, data in _models():
     params = problem.init_params(jax.random.key(0))
     dx, dy = (landscape.random_direction(jax.random.key(k), params) for k in (1, 2))
@@ -66,7 +74,10 @@ def main() -> None:
     run_loop = lambda: jnp.stack([point(params, dx, dy, x, y, data) for x, y in coords])
     loop_s = _best(run_loop, args.repeats)
     reference = np.asarray(run_loop()).reshape(n, n)
-    print(f"{name:34s} {size:8d} {'python loop':>12s} {1e3 * loop_s:9.1f} {1.0:9.2f} {'':>9s} {'':>10s}")
+    flops = point.lower(params, dx, dy, *coords[0], data).compile().cost_analysis()["flops"]
+    floor_s = len(coords) * flops / peak_rate
+    print(f"{name:34s} {size:8d} {'python loop':>12s} {1e3 * loop_s:9.1f} {1.0:9.2f} {'':>9s} {'':>10s} "
+          f"{loop_s / floor_s:10.1f}")
     flat = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
     for chunk in (1, 4, 8, 32, 128, None):
       program = lambda: landscape.slice_2d(loss, params, dx, dy, xs, ys, args=(data,), chunk_size=chunk, loop="scan")
