@@ -119,6 +119,9 @@ def _run(args: argparse.Namespace) -> int:
     return 2
   records = sweep.run(experiment, out, progress=not args.quiet, log=print, executor=executor)
   print(results.table(records))
+  if experiment.landscape is not None:
+    from optlab_jax import landscape_runs  # only configs with a `landscape:` section need it
+    landscape_runs.run(experiment, out)
   print(f"\nresults in {out}/ (runs.jsonl, summary.csv, metrics/); figures: optlab plot {out}")
   return 0
 

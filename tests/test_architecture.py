@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "optlab_jax"
 # Top to bottom: a module may import its own layer and the layers below it, never one above.
 LAYERS = (
     ("cli",),
-    ("config", "sweep", "executors"),
+    ("config", "sweep", "executors", "landscape_runs"),
     ("results", "plots", "landscape_plots", "toy_plots", "findings"),
     ("train", "checkpoints", "sharding", "monitor", "edges", "landscape"),
     ("optim", "problems", "schedules"),

@@ -128,4 +128,4 @@ def load(path: str, overrides: collections.abc.Sequence[str] = ()) -> Experiment
     source, kept = Source(path, sets), {id(e) for e in pruned([e for e, _ in found])}
     messages = [source.message(e, axes) for e, axes in found if id(e) in kept]
     raise ConfigError(list(dict.fromkeys(messages)))
-  return Experiment(path, runs)
+  return Experiment(path, runs, None if spec.landscape is None else spec.landscape.model_dump())

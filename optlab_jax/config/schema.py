@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
 
+from optlab_jax import checks, optim
 from optlab_jax.config.axes import Axis
 from optlab_jax.curvature.loops import LOOPS
 
@@ -48,6 +49,30 @@ class Sweep(BaseModel):
   zip: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
 
 
+class Landscape(BaseModel):
+  """After the sweep, each run's loss landscape (`optlab_jax.landscape_runs`): a `grid` × `grid`
+  slice along the trajectory's principal directions (padded by `pad` × its extent), a 1-D slice,
+  the interpolation from init, the SLQ spectrum, and a Bézier curve between a point's first two seeds
+  trained for `connect_steps` (0: none) by `connect_optimizer` at `connect_learning_rate`."""
+
+  model_config = STRICT
+  grid: Annotated[int, Field(ge=3)] = 41
+  pad: Annotated[float, Field(ge=0)] = 0.25
+  chunk: PositiveInt | None = None  # grid points evaluated at once (None: landscape.AUTO_CHUNK)
+  record_every: PositiveInt = 10  # steps between the parameter snapshots of the trajectory
+  connect_steps: NonNegativeInt = 300
+  connect_optimizer: str = "adam"
+  connect_learning_rate: Annotated[float, Field(gt=0)] = 0.01
+  spectrum_iters: PositiveInt = 80  # Lanczos steps of the SLQ density at the solution
+  spectrum_probes: PositiveInt = 4
+
+  @field_validator("connect_optimizer")
+  @classmethod
+  def _registered(cls, name: str) -> str:
+    checks.check_choice("connect_optimizer", name, optim.names())
+    return name
+
+
 class File(BaseModel):
   """A config file: the sections every point starts from, the sweep, and the seeds."""
 
@@ -58,6 +83,7 @@ class File(BaseModel):
   monitor: dict[str, Any] | None = None
   sweep: Sweep = Sweep()
   seeds: list[int] = Field(default=[0], min_length=1)
+  landscape: Landscape | None = None
 
 
 class Named(BaseModel):
@@ -91,3 +117,4 @@ class Experiment:
 
   path: str
   runs: list[Run]
+  landscape: dict[str, Any] | None = None  # the file's `landscape:` section, defaults filled in
