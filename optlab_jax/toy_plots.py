@@ -8,10 +8,13 @@ minimum it reaches from which start.
 - `saddle_escapes`: per optimizer, the measured steps against log(1/|y₀|) and the fitted slope.
 - `average_regret`: per point of an `online_linear` sweep (configs/adam_amsgrad.yaml), each
   seed's average expected regret (1/T) Σ_{t≤T} δ(x_t − x*), from the iterates at the eval steps.
+- `depth_scaling`: per deep-chain family (activation, init, w), the forward signal ratio and the
+  first layer's gradient norm against depth (configs/exploding_gradients.yaml), with the closed
+  forms w^L and |w|^{L−1}·|w^L − 1|·‖Σ‖_F of the identity chains.
 - `plot_directory` (called by `optlab plot`) writes `saddle_escape.png` (the steps against
   log(1/|y₀|), the closed form dashed), `xcos_basins.png` (the final x against the start, with
   the minima), `landscape_losses.png` (the loss curves of x³, the plateau and tanh) and
-  `average_regret.png`, each where the directory has such runs.
+  `average_regret.png` and `depth_scaling.png`, each where the directory has such runs.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from optlab_jax import results
-from optlab_jax.problems import landscapes
+from optlab_jax.problems import build, landscapes
 
-__all__ = ["SADDLE_THRESHOLD", "average_regret", "escape_step", "plot_directory", "saddle_escapes",
+__all__ = ["SADDLE_THRESHOLD", "average_regret", "depth_scaling", "escape_step", "plot_directory", "saddle_escapes",
            "saddle_gd_escape_step"]
 
 # A run has left the saddle once x² − y² ≤ −1 (|y| ≥ 1, past the start's scale).
@@ -168,6 +171,65 @@ def _regret_figure(regrets: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
   return fig
 
 
+def identity_chain_closed_form(options: dict) -> tuple[float, float]:
+  """(w^L, |w|^{L−1}·|w^L − 1|·‖Σ‖_F): the signal ratio and first-layer gradient norm of the linear
+  chain at W = w·I, with Σ = XᵀX/n of its training inputs (built from the same options)."""
+  w, depth = options.get("weight_scale", 1.0), options["depth"]
+  x = np.asarray(build("deep_chain", **options).data["train"]["x"], np.float64)
+  sigma = x.T @ x / len(x)
+  return w**depth, abs(w) ** (depth - 1) * abs(w**depth - 1) * np.linalg.norm(sigma)
+
+
+def depth_scaling(directory: str | Path) -> dict[str, dict]:
+  """Family label -> `depth`, `signal_ratio` and `first_layer_grad_norm` ([seeds, depths], NaN for
+  a seed that is missing) of the deep-chain runs, and for identity linear chains `closed` =
+  (signal, gradient) per depth. Families run at ≥ 2 depths only."""
+  families: dict[str, dict] = {}
+  for record, _ in _runs(Path(directory), "deep_chain"):
+    options = {k: v for k, v in record["config"]["problem"].items() if k != "name"}
+    label = f"{options['activation']}, {options['init']}" + (
+        f", w={options['weight_scale']}" if options["init"] == "identity" else "")
+    family = families.setdefault(label, {"runs": {}, "options": {}})
+    family["runs"].setdefault(options["depth"], []).append(record["final"])
+    family["options"][options["depth"]] = options
+  out = {}
+  for label, family in families.items():
+    depths = sorted(family["runs"])
+    if len(depths) < 2:
+      continue
+    seeds = max(len(v) for v in family["runs"].values())
+    row = {"depth": np.array(depths)}
+    for metric in ("signal_ratio", "first_layer_grad_norm"):
+      table = np.full((seeds, len(depths)), np.nan)
+      for j, d in enumerate(depths):
+        values = [np.nan if f.get(metric) is None else f[metric] for f in family["runs"][d]]
+        table[: len(values), j] = values
+      row[metric] = table
+    first = family["options"][depths[0]]
+    if first["init"] == "identity" and first["activation"] == "linear":
+      row["closed"] = np.array([identity_chain_closed_form(family["options"][d]) for d in depths])
+    out[label] = row
+  return out
+
+
+def _depth_figure(scaling: dict[str, dict]) -> Figure:
+  fig = Figure(figsize=(11, 4.5), layout="constrained")
+  axes = fig.subplots(1, 2)
+  titles = {"signal_ratio": "forward signal rms(h_L) / rms(x)", "first_layer_grad_norm": "‖∂loss/∂W₁‖"}
+  for k, (ax, metric) in enumerate(zip(axes, titles)):
+    for i, (label, row) in enumerate(scaling.items()):
+      values = row[metric]
+      ax.plot(row["depth"], np.nanmedian(values, axis=0), "o-", color=f"C{i}", label=label)
+      ax.fill_between(row["depth"], np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=f"C{i}", alpha=0.15)
+      if "closed" in row:
+        ax.plot(row["depth"], row["closed"][:, k], "--", color="k", linewidth=1,
+                label="closed form" if i == 0 or "closed" not in list(scaling.values())[0] else None)
+    ax.set(xlabel="depth L", yscale="log", title=f"{titles[metric]} at initialisation")
+    ax.grid(alpha=0.3, which="both")
+  axes[0].legend(fontsize="small")
+  return fig
+
+
 def plot_directory(directory: str | Path, out: str | Path | None = None) -> list[Path]:
   """Writes the toy-landscape figures of a results directory under `out` (default: `directory`)."""
   directory = Path(directory)
@@ -182,6 +244,8 @@ def plot_directory(directory: str | Path, out: str | Path | None = None) -> list
     figures["landscape_losses"] = _loss_figure(directory, panels)
   if "online_linear" in problems:
     figures["average_regret"] = _regret_figure(average_regret(directory))
+  if "deep_chain" in problems and (scaling := depth_scaling(directory)):
+    figures["depth_scaling"] = _depth_figure(scaling)
   out.mkdir(parents=True, exist_ok=True)
   for name, fig in figures.items():
     fig.savefig(out / f"{name}.png", dpi=100)

@@ -39,7 +39,7 @@ INITS = {
 def deep_chain(
     depth: int = 10,
     width: int = 1,
-    activation: Literal["linear", "tanh"] = "linear",
+    activation: Literal["linear", "tanh", "relu"] = "linear",
     init: Literal["identity", "orthogonal", "xavier", "kaiming"] = "identity",
     weight_scale: float = 1.0,
     num_train: int = 256,
@@ -51,15 +51,19 @@ def deep_chain(
   grows or vanishes like w^L.
 
   x ~ N(0, I) from `data_seed`; see the module docstring for the closed form. The minimum of the
-  linear chain is 0 (at any P = I).
+  linear chain is 0 (at any P = I). Besides the losses, the eval metrics are
+  `first_layer_grad_norm` (‖∂loss/∂W₁‖ on the training set: backpropagation passes the whole
+  chain to reach it) and `signal_ratio` = rms(h_L) / rms(x) on the test inputs: how the forward
+  signal's scale changes across the depth. Kaiming's init is the one for `relu`, Xavier's for
+  `linear` and `tanh`.
   """
   checks.check_positive_int("depth", depth)
   checks.check_positive_int("width", width)
-  checks.check_choice("activation", activation, ("linear", "tanh"))
+  checks.check_choice("activation", activation, ("linear", "tanh", "relu"))
   checks.check_choice("init", init, tuple(INITS))
   checks.check_positive_int("num_train", num_train)
   checks.check_positive_int("num_test", num_test)
-  sigma = (lambda h: h) if activation == "linear" else jnp.tanh
+  sigma = {"linear": lambda h: h, "tanh": jnp.tanh, "relu": jax.nn.relu}[activation]
   initializer = INITS[init]
 
   def init_params(key):
@@ -75,4 +79,15 @@ def deep_chain(
   train, test = ({"x": jnp.asarray(part, dtype), "y": jnp.asarray(part, dtype)}
                  for part in (x[:num_train], x[num_train:]))
   problem = supervised_problem("deep_chain", init_params, model_fn, train, test, "gaussian")
-  return dataclasses.replace(problem, minimum=0.0) if activation == "linear" else problem
+
+  def metrics_fn(data, params):
+    rms = lambda a: jnp.sqrt(jnp.mean(jnp.square(a)))
+    grad = jax.grad(problem.loss)(params, data["train"])["layers"][0]
+    top = jnp.max(jnp.abs(grad))  # scaled first: the exploding chain's squares overflow float32
+    return {
+        **problem.metrics_fn(data, params),
+        "first_layer_grad_norm": top * jnp.linalg.norm(grad / jnp.where(top > 0, top, 1)),
+        "signal_ratio": rms(model_fn(params, data["test"]["x"])) / rms(data["test"]["x"]),
+    }
+
+  return dataclasses.replace(problem, metrics_fn=metrics_fn, minimum=0.0 if activation == "linear" else None)
