@@ -9,14 +9,16 @@ docstring), the resumed run's numbers equal an uninterrupted run's bit for bit.
 
 Orbax commits a checkpoint by renaming its temporary directory, so a save killed half-way leaves
 no step behind. A checkpoint damaged later (a truncated or overwritten file) either fails to
-read or fails the SHA-256 digest of its arrays stored with it; it is then deleted, with a
-warning, and the one before it is used (no usable checkpoint: the run starts at step 0).
+read or fails the SHA-256 digest of its arrays stored with it (as does a checkpoint of a run of
+another shape in the same directory); it is then renamed `<step>.unusable-*`, with a warning, and
+the one before it is used (no usable checkpoint: the run starts at step 0).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -98,14 +100,22 @@ class Checkpoints:
         if _digest(saved["state"], saved["history"]) != saved["meta"]["digest"]:
           raise ValueError("its arrays do not match the digest saved with them")
       except Exception as e:  # Orbax and TensorStore raise several types for a damaged file
-        warnings.warn(f"checkpoint {self.manager.directory / str(step)} is damaged ({str(e)[:200]}); "
-                      "deleting it and trying the one before", stacklevel=2)
-        self.manager.delete(step)
+        self._move_aside(step, e)
         continue
       history, meta = saved["history"], saved["meta"]
       return Resumed(saved["state"], step, [np.asarray(history["loss"])], _records_rows(history.get("monitor", {})),
                      _records_rows(history.get("eval", {})), meta["wall_time"], meta["compile_time"])
     return fresh
+
+  def _move_aside(self, step: int, error: Exception) -> None:
+    """Renames an unusable checkpoint out of Orbax's sight (kept for inspection: it may also be
+    a run of another shape in the same directory), so that the step can be saved again."""
+    path = Path(self.manager.directory) / str(step)
+    aside = path.with_name(f"{step}.unusable-{uuid.uuid4().hex[:8]}")
+    warnings.warn(f"checkpoint {path} is damaged or of another run ({str(error)[:200]}); moved to {aside.name}, "
+                  "resuming from the one before", stacklevel=3)
+    path.rename(aside)
+    self.manager.reload()
 
   def save(self, progress: Resumed) -> None:
     """Saves `progress` (in the background) if its step is a multiple of `every`."""

@@ -128,6 +128,8 @@ def test_a_damaged_latest_checkpoint_gives_way_to_the_one_before(tmp_path, finis
                         checkpoint_dir=directory, on_progress=done.append)
   assert done == [40]  # from step 30: only the last chunk ran again
   _assert_same_history(resumed, uninterrupted_unmonitored)
+  assert (directory / "40").is_dir()  # saved again
+  assert len(list(directory.glob("40.unusable-*"))) == (damage != "partial")  # kept aside, out of Orbax's sight
 
 
 def test_a_vmapped_group_resumes_to_the_uninterrupted_numbers(tmp_path):
