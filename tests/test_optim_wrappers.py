@@ -156,10 +156,11 @@ THIN = {n for n in NAMES if optim.get(n).__module__.rsplit(".", 1)[-1] in
 # Cells the default run leaves to `-m slow`, each covered there by a faster test of the same code:
 # plain (test_optim_contract's jit and convergence tests), multisteps_1 (multisteps_3, the same
 # wrapper plus accumulation), clip_inject (test_optim_updates' clipping test and the inject cell),
-# bfloat16 (test_optim_contract's bfloat16 state test); for the thin entries also MultiSteps and
-# apply_if_finite (inject, masked and multi_transform exercise the alias itself).
+# bfloat16 (test_optim_contract's bfloat16 state test); for the thin entries also MultiSteps,
+# apply_if_finite, multi_transform and nnx.Optimizer: their one wrapper code (`optax_alias`) is
+# exercised by the inject and masked cells, and multi_transform and nnx by every other optimizer.
 _SLOW = {"plain", "multisteps_1", "clip_inject", "bfloat16"}
-_SLOW_THIN = _SLOW | {"multisteps_3", "apply_if_finite"}
+_SLOW_THIN = _SLOW | {"multisteps_3", "apply_if_finite", "multi_transform"}
 
 
 def _cells():
@@ -184,7 +185,7 @@ def test_trains_in_wrapper(name, wrapper):
     assert leaf.dtype == leaf0.dtype
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in THIN else []) for n in NAMES])
 def test_trains_in_nnx_optimizer(name):
   lr, kw = tuning(name)
   x, y = data(jnp.float32)
