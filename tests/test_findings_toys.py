@@ -231,3 +231,12 @@ def test_xavier_and_kaiming_keep_signal_and_gradient_order_one_where_the_wrong_i
   grads = [float(_chain_metrics(0, depth=d, activation="linear", init="xavier")[0]["first_layer_grad_norm"])
            for d in (2, 16)]
   assert 0.1 < grads[1] / grads[0] < 10
+
+
+def test_gradient_clipping_keeps_the_exploding_chain_trainable():
+  explode = problems.build("deep_chain", depth=20, width=8, weight_scale=1.2)  # ‖g‖ ≈ 3·10³ at the start
+  sgd = train.fit(explode, optim.sgd(0.01), steps=300, batch_size=64)
+  clipped = train.fit(explode, optim.clipped(0.01, max_norm=1.0), steps=300, batch_size=64)
+  assert sgd.status == "diverged" and clipped.status == "ok"
+  assert clipped.final["loss"] < 1e-3 * clipped.loss[0]
+  assert sgd.diverged_at < 10  # the first steps of length 0.01 · 3·10³ overshoot at once

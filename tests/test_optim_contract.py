@@ -61,6 +61,7 @@ DEFAULT_TUNING = {"quadratic": (0.05, 1000, 1e-4), "rosenbrock": (0.02, 3000, 1e
 TUNING: dict[str, dict[str, tuple]] = {
     "sgd": {"quadratic": (0.015, 1000, 1e-4), "rosenbrock": (1.5e-3, 20000, 1e-3)},
     "projected": {"quadratic": (0.015, 1000, 1e-4), "rosenbrock": (1.5e-3, 20000, 1e-3)},  # sgd, no bounds
+    "clipped": {"quadratic": (0.015, 1000, 1e-4), "rosenbrock": (1.5e-3, 20000, 1e-3)},  # sgd, clipped to norm 1
     "adahessian": {"quadratic": (0.5, 1000, 1e-4), "rosenbrock": (2.0, 3000, 1e-3)},
     "sophia_g": {"quadratic": (0.01, 1000, 1e-4), "rosenbrock": (0.01, 3000, 1e-3)},
     # SAM/ASAM chatter in their ρ-ball: the 2-cycle's loss, computed from H at the minimum.
@@ -323,6 +324,7 @@ BAD_VALUES: dict[str, dict[str, object]] = {
     "ademamix": {"alpha": -1.0},
     "adafactor": {"min_dim_size_to_factor": 0, "clipping_threshold": -1.0, "decay_offset": -1},
     "projected": {"lower": math.nan, "upper": math.nan},
+    "clipped": {"max_norm": 0.0},
 }
 
 

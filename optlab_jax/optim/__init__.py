@@ -14,8 +14,8 @@ from optlab_jax.optim import sgd, adagrad, adadelta, rmsprop, adam, amsgrad, ada
 from optlab_jax.optim import lars, lamb, novograd, lookahead, ranger, lazy_adam  # noqa: E402
 # Hessian-based
 from optlab_jax.optim import adahessian, sophia, sam, conjugate_gradient, newton_cg  # noqa: E402
-# constrained
-from optlab_jax.optim import projected  # noqa: E402
+# constrained and clipped
+from optlab_jax.optim import projected, clipped  # noqa: E402
 # curvature matrices
 from optlab_jax.optim import gauss_newton, kfac_capture, kfac  # noqa: E402
 # quasi-Newton
@@ -30,7 +30,7 @@ MODULES = (
     lookahead, ranger, lazy_adam, adahessian, sophia, sam, conjugate_gradient, newton_cg,
     gauss_newton, kfac_capture, kfac, lbfgs, lbfgs_b,
     shampoo, soap,
-    psgd_kron, muon, schedule_free, learning_rate_free, adam_variants, sign_and_factored, projected,
+    psgd_kron, muon, schedule_free, learning_rate_free, adam_variants, sign_and_factored, projected, clipped,
 )
 
 __all__ = ["MODULES", "get", "names", "register", "with_full_params"]
