@@ -71,3 +71,23 @@ def spread(values: list[dict[str, float]]) -> dict[str, tuple[float, float, floa
   """Name -> (mean, standard deviation, min, max) over the runs (seeds) of a point."""
   return {k: (float(np.mean(v)), float(np.std(v)), float(np.min(v)), float(np.max(v)))
           for k, v in ((k, [r[k] for r in values]) for k in values[0])}
+
+
+def outliers(top_values: np.ndarray, num_classes: int) -> dict[str, float]:
+  """Where the top of a spectrum (eigenvalues, largest first) separates from the bulk: `count`, the
+  k whose gap λ_k / λ_{k+1} is the largest, and `gap_at_c`, that ratio at k = C over the median
+  ratio of the other neighbours (≫ 1: the top C stand out).
+
+  References: Sagun et al., 2017 (arXiv:1706.04454); Papyan, 2019 (arXiv:1811.07062), C outliers.
+  """
+  values = np.sort(np.asarray(top_values, np.float64))[::-1]
+  ratios = values[:-1] / np.maximum(values[1:], np.finfo(np.float64).tiny)
+  others = np.delete(ratios, num_classes - 1)
+  return {"count": float(np.argmax(ratios) + 1), "gap_at_c": float(ratios[num_classes - 1] / np.median(others))}
+
+
+def random_subspace_fraction(grad: np.ndarray, k: int, key: int = 0) -> float:
+  """‖Q_kᵀ g‖² / ‖g‖² for k random orthonormal directions Q_k (its expectation is k / n)."""
+  grad = np.asarray(grad, np.float64).ravel()
+  q, _ = np.linalg.qr(np.random.default_rng(key).standard_normal((grad.size, k)))
+  return float(np.sum((q.T @ grad) ** 2) / np.sum(grad**2))

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import numpy as np
 import optax
 import pytest
 
-from optlab_jax import findings, monitor, optim, problems, train
+from optlab_jax import curvature, findings, monitor, optim, problems, train
 
 # Square loss on one-hot targets, as Cohen et al. (2021) train; five digit classes keep it small.
 _EOS_PROBLEM = dict(hidden=(16,), activation="tanh", loss="mse", classes=(0, 1, 2, 3, 4))
@@ -81,3 +82,42 @@ def test_adam_preconditioned_sharpness_settles_at_its_adaptive_edge():
     assert abs(m["ratio"] - 1) < 0.15 and m["loss_rises"] > 0.02 and m["loss_drop"] < 0.9, (lr, m)
   m = findings.edge_of_stability(findings.arrays(control))
   assert m["ratio_max"] < 0.5 and np.all(np.diff(control.loss[_EOS_STEPS // 10:]) <= 0), m
+
+
+# Hessian outliers: a one-hidden-layer MLP after SGD training.
+_OUTLIER_STEPS = 600
+
+
+@functools.cache
+def _trained(num_classes: int):
+  """(problem, history) of SGD (lr 0.2, batch 128) with the square loss on digits restricted to
+  `num_classes` classes."""
+  problem = problems.build("digits_mlp", hidden=(32,), classes=tuple(range(num_classes)), loss="mse")
+  return problem, train.fit(problem, optax.sgd(0.2), steps=_OUTLIER_STEPS, batch_size=128)
+
+
+def _top_eigenvalues(matvec, params, k):
+  return np.asarray(curvature.lanczos_eigs(matvec, params, jax.random.key(0), 40, k).top_values, np.float64)
+
+
+@pytest.mark.parametrize("num_classes", [10, 5])
+def test_hessian_has_c_outliers_and_the_ggn_has_the_same_top_c(num_classes):
+  problem, history = _trained(num_classes)
+  data = problem.data["train"]
+  hess = curvature.hvp_fn(lambda p: problem.loss(p, data), history.params)
+  top = _top_eigenvalues(hess, history.params, 3 * num_classes)
+  found = findings.outliers(top, num_classes)
+  # The spectrum's largest gap falls right after the C-th eigenvalue: it moves with C (10 vs 5).
+  assert found["count"] == num_classes and found["gap_at_c"] > 1.2, (top, found)
+  ggn = curvature.ggn_fn(lambda p: problem.model_fn(p, data["x"]), lambda o: problem.output_loss_fn(o, data),
+                         history.params)
+  np.testing.assert_allclose(_top_eigenvalues(ggn, history.params, num_classes), top[:num_classes], rtol=0.05)
+
+
+def test_random_directions_hold_k_over_n_of_the_gradient():
+  """The baseline of Gur-Ari et al.'s top-C gradient share: C random orthonormal directions hold C/n."""
+  grad = np.random.default_rng(0).standard_normal(2000) * np.linspace(0.1, 3.0, 2000)
+  shares = [findings.random_subspace_fraction(grad, 10, key) for key in range(50)]
+  assert abs(np.mean(shares) / (10 / 2000) - 1) < 0.15, np.mean(shares)
+  basis = np.eye(2000)[:, :10]  # the top coordinates are not random: their share is exact and different
+  assert abs(np.sum((basis.T @ grad) ** 2) / np.sum(grad**2) - np.mean(shares)) > 0.5 * 10 / 2000
