@@ -101,10 +101,13 @@ def test_seed_bands_are_light_and_span_the_quartiles():
 
 def test_plot_writes_one_png_per_metric(sweep_dir, tmp_path):
   paths = plots.plot(sweep_dir, tmp_path / "figs")
-  assert sorted(p.name for p in paths) == ["eval_test_loss.png", "monitor_lambda_max.png", "train_loss.png"]
+  # Two optimizers: the eval metric also against training time (time_plots).
+  assert sorted(p.name for p in paths) == ["eval_test_loss.png", "eval_test_loss_vs_time.png", "monitor_lambda_max.png",
+                                           "train_loss.png"]
   for path in paths:
     image = matplotlib.image.imread(path)
-    assert image.shape == (540, 840, 4) and image.std() > 0  # 7 × 4.5 inches at 120 dpi, not blank
+    per_metric = not path.name.endswith("_vs_time.png")
+    assert (not per_metric or image.shape == (540, 840, 4)) and image.std() > 0  # 7 × 4.5 inches at 120 dpi, not blank
 
 
 def test_trace_gets_a_band_of_two_standard_errors_and_no_figure_of_its_own(tmp_path):
