@@ -117,8 +117,11 @@ def cnn_overhead(steps: int, repeats: int) -> tuple[float, float]:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="50 steps, 1 repeat")
+  parser.add_argument("--steps", type=int, help="steps per run (default 200, --quick 50)")
+  parser.add_argument("--repeats", type=int, help="best of this many (default 3, --quick 1)")
   args = parser.parse_args()
   steps, repeats = (50, 1) if args.quick else (200, 3)
+  steps, repeats = args.steps or steps, args.repeats or repeats
   cases = {
       "digits-MLP 64-64-64-10": problems.build("digits_mlp"),
       **{

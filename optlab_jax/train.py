@@ -34,6 +34,7 @@ import optax
 
 from optlab_jax import checkpoints, checks
 from optlab_jax import monitor as monitors
+from optlab_jax import program_cache
 from optlab_jax.curvature.loops import has_primitive, resolve_loop
 from optlab_jax.optim.schedule_free import schedule_free_eval_params
 from optlab_jax.problems import Problem
@@ -43,8 +44,10 @@ __all__ = ["History", "TrainState", "choose_loop", "fit", "fit_vmapped", "has_co
 
 # XLA's FLOP estimate for one step of one run up to which vmapping runs on CPU beats running
 # them one by one (see `should_vmap`). experiments/bench_sweep.py on 2 quiet cores, vmap8/seq8:
-# 0.81 at 6 MFLOP, 0.76 at 67, 0.87 at 159, 1.03 at 420; the bound keeps a margin below the cross.
-VMAP_MAX_FLOPS = 1e8
+# 0.81 at 6 MFLOP, 0.76 at 67, 0.87 at 159, 1.03 at 420, crossing 1 near 350 (log-linear); the
+# bound sits between the two rows, where vmapping is still ~5% faster. (1e8 ran the 159-MFLOP row
+# sequentially, 15% slower than vmapped.)
+VMAP_MAX_FLOPS = 2.5e8
 # monitor(params, grads, updates, opt_state, batch, step) -> {name: scalar}; see `fit`.
 Monitor = Callable[..., dict[str, jax.Array]]
 
@@ -339,12 +342,12 @@ def fit_vmapped(
 
 
 def step_flops(problem: Problem, tx: optax.GradientTransformation, batch_size: int | None = None) -> float:
-  """XLA's estimate of the floating-point operations of one training step of one run."""
+  """XLA's estimate of the floating-point operations of one training step of one run (kept by
+  the step's program text, `program_cache`: a rerun traces the step but does not lower it)."""
   init, step = _point_fns(problem, lambda hp: tx, batch_size)
   state = jax.eval_shape(init, np.int32(0), {})
   data = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), problem.data)
-  cost = jax.jit(step).lower(state, {}, data, np.int32(0)).cost_analysis()
-  return float(cost["flops"])
+  return program_cache.cost(jax.jit(step).trace(state, {}, data, np.int32(0)))
 
 
 def should_vmap(
@@ -360,10 +363,11 @@ def should_vmap(
   a vmapped matmul is a loop of the runs' matmuls, so vmapping gains little per step, and once a
   step is big enough to keep the cores busy it loses: the rule is vmap iff `step_flops` (of
   `tx`, SGD if None) <= `VMAP_MAX_FLOPS`, and never for convolutions on CPU (vmapped over runs
-  they become grouped convolutions). Measured with experiments/bench_sweep.py on 2 loaded
-  cores, 8 Adam runs of 200 steps at batch 128, vmapped / sequential: digits-MLP 64-64
-  (6 MFLOP/step) 0.55, MLP 784-64-64-10 (30 MFLOP) 0.90, 784-128-128-10 (67 MFLOP) 0.97,
-  784-256-256-10 (159 MFLOP) 1.31, 784-512-512-10 (420 MFLOP) 1.62, digits-CNN 3.3.
+  they become grouped convolutions). The bound comes from experiments/bench_sweep.py on 2 quiet
+  cores (8 Adam runs of 200 steps at batch 128; `VMAP_MAX_FLOPS` lists the rows). A machine busy
+  with other work moves the crossing down (vmapped / sequential on 2 loaded cores: 0.97 at
+  67 MFLOP, 1.31 at 159), so there the band up to 250 MFLOP can run vmapped at up to ~1.3× the
+  sequential time.
   Accelerators are always vmapped (not measured here).
   """
   if n_points < 2:

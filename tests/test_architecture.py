@@ -18,7 +18,7 @@ LAYERS = (
     ("cli",),
     ("config", "sweep", "executors", "landscape_runs"),
     ("results", "plots", "landscape_plots", "toy_plots", "time_plots", "findings"),
-    ("train", "checkpoints", "sharding", "monitor", "edges", "landscape"),
+    ("train", "checkpoints", "sharding", "monitor", "edges", "program_cache", "landscape"),
     ("optim", "problems", "schedules"),
     ("curvature",),
     ("checks", "compat"),

@@ -217,7 +217,7 @@ def test_should_vmap_and_step_flops():
   np.testing.assert_allclose(train.step_flops(mlp, tx, 128), expected, rtol=0.05)
   assert train.should_vmap(mlp, 8, tx=tx, batch_size=128) == (expected <= train.VMAP_MAX_FLOPS)
   assert not train.should_vmap(mlp, 1, tx=tx, batch_size=128)
-  big = problems.build("digits_mlp", hidden=(512, 512))
+  big = problems.build("digits_mlp", hidden=(1024, 1024))
   assert train.step_flops(big, tx, 128) > train.VMAP_MAX_FLOPS
   assert not train.should_vmap(big, 8, tx=tx, batch_size=128)
   if jax.default_backend() == "cpu":
