@@ -221,8 +221,11 @@ def test_identity_chain_signal_and_gradient_scale_like_w_to_the_depth(w):
 
 
 def test_xavier_and_kaiming_keep_signal_and_gradient_order_one_where_the_wrong_init_does_not():
-  ratios = lambda act, init, depth: [float(_chain_metrics(s, depth=depth, activation=act, init=init)[0]["signal_ratio"])
-                                     for s in range(3)]
+  def ratios(act, init, depth):  # seeds 0–2 through one compiled evaluation
+    problem = problems.build("deep_chain", width=32, depth=depth, activation=act, init=init)
+    metrics = jax.jit(problem.eval_metrics)
+    return [float(metrics(problem.init_params(jax.random.key(s)))["signal_ratio"]) for s in range(3)]
+
   # O(1) up to width-32 fluctuations (0.63–2.4 over these seeds for ReLU) against 2^{±8} below.
   assert all(0.25 < r < 4 for r in ratios("linear", "xavier", 16) + ratios("relu", "kaiming", 16))
   # The mechanism swapped: Kaiming's doubled variance on a linear chain grows like 2^{L/2} = 256,
