@@ -128,7 +128,7 @@ def main(quick: bool) -> None:
   loss_fn = lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
   param_bytes = nbytes(params)
 
-  steps, carries, times = {}, {}, {name: [] for name in ROWS}
+  steps, carries, times, cpu = {}, {}, {name: [] for name in ROWS}, {name: [] for name in ROWS}
   for name, factory in ROWS.items():
     tx = factory()
     steps[name], carries[name] = optlab_step(tx, model_fn, loss_fn), (params, tx.init(params), x, y)
@@ -138,10 +138,12 @@ def main(quick: bool) -> None:
   for c in range(cycles):
     for name in names[c % len(names):] + names[:c % len(names)]:
       for _ in range(INVERSE_EVERY):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         carries[name] = jax.block_until_ready(steps[name](*carries[name]))
         times[name].append(time.perf_counter() - start)
+        cpu[name].append(time.process_time() - start_cpu)
   rows = {name: (np.asarray(times[name]), nbytes(carries[name][1]) / param_bytes) for name in names}
+  cpu_rows = {name: np.asarray(cpu[name]) for name in names}
   try:
     step, carry = kfac_jax_step(model_fn, loss_fn, params, x, y)
     for _ in range(INVERSE_EVERY):
@@ -152,25 +154,29 @@ def main(quick: bool) -> None:
       carry = jax.block_until_ready(step(*carry))
       t.append(time.perf_counter() - start)
     rows["kfac-jax"] = (np.asarray(t), nbytes(carry[1]) / param_bytes)
+    cpu_rows["kfac-jax"] = np.full(len(t), np.nan)
   except Exception as e:  # optional comparison: absent or incompatible kfac-jax is reported, not fatal
     print(f"kfac-jax: skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
 
-  # Medians: on a shared CPU the means are dominated by stalls from other processes.
-  adam_ms = 1e3 * np.median(rows["adam"][0])
+  # Medians: on a shared CPU the means are dominated by stalls from other processes. CPU time
+  # (this process's, all XLA threads) is inflated far less by their load than wall time.
+  adam_ms, adam_cpu = 1e3 * np.median(rows["adam"][0]), 1e3 * np.median(cpu_rows["adam"])
   print(f"MLP {'-'.join(map(str, SIZES))}, batch {BATCH}, {cycles} alternated cycles of {INVERSE_EVERY} steps, "
         f"{jax.devices()[0].platform}; median ms per jitted step (grad + update)")
-  print(f"{'optimizer':<44}{'ms/step':>10}{'/ Adam':>9}{'state/params':>14}")
+  print(f"{'optimizer':<44}{'ms/step':>10}{'/ Adam':>9}{'CPU / Adam':>12}{'state/params':>14}")
   for name, (times_, state_ratio) in rows.items():
-    ms = 1e3 * np.median(times_)
+    ms, ms_cpu = 1e3 * np.median(times_), 1e3 * np.median(cpu_rows[name])
     if name.startswith("kfac,") or name == "kfac":
       # Warm-up ran one whole cycle, so timed step i has count i + 10: the refreshes at i % 10 == 0.
       refresh = np.arange(len(times_)) % INVERSE_EVERY == 0
-      plain, fresh = 1e3 * np.median(times_[~refresh]), 1e3 * np.median(times_[refresh])
-      ms = ((INVERSE_EVERY - 1) * plain + fresh) / INVERSE_EVERY
-      print(f"{name + ', no refresh':<44}{plain:>10.2f}{plain / adam_ms:>9.2f}")
-      print(f"{name + ', refresh':<44}{fresh:>10.2f}{fresh / adam_ms:>9.2f}")
+      split = [(1e3 * np.median(x[~refresh]), 1e3 * np.median(x[refresh])) for x in (times_, cpu_rows[name])]
+      amortise = lambda plain, fresh: ((INVERSE_EVERY - 1) * plain + fresh) / INVERSE_EVERY
+      (plain, fresh), (plain_cpu, fresh_cpu) = split
+      ms, ms_cpu = amortise(plain, fresh), amortise(plain_cpu, fresh_cpu)
+      print(f"{name + ', no refresh':<44}{plain:>10.2f}{plain / adam_ms:>9.2f}{plain_cpu / adam_cpu:>12.2f}")
+      print(f"{name + ', refresh':<44}{fresh:>10.2f}{fresh / adam_ms:>9.2f}{fresh_cpu / adam_cpu:>12.2f}")
       name = f"{name}, amortised over {INVERSE_EVERY}"
-    print(f"{name:<44}{ms:>10.2f}{ms / adam_ms:>9.2f}{state_ratio:>14.2f}")
+    print(f"{name:<44}{ms:>10.2f}{ms / adam_ms:>9.2f}{ms_cpu / adam_cpu:>12.2f}{state_ratio:>14.2f}")
   flop_table(params, x, y, model_fn, loss_fn)
 
 
