@@ -415,3 +415,27 @@ def test_statistics_share_the_callers_forward_in_the_compiled_step(empirical):
   assert backward > 0.6 * forward
   flops = compiled_flops(step, params, tx.init(params), x, y)
   assert flops <= bound + 0.1 * forward, (flops, bound, forward, backward)
+
+
+def test_covariance_every_on_a_conv_model_refreshes_outside_control_flow_on_cpu():
+  """A conv layer's statistics every 2 steps sit in `curvature.loops.cond`, which on CPU runs
+  the refresh as its own jitted program (a callback: no convolution inside the conditional).
+  Step 0's factors equal those of the every-step transform (tested against im2col above), and
+  step 1 keeps them."""
+  graphdef, params = nnx.split(TinyCNN("SAME", 1, nnx.Rngs(0)))
+  x = jax.random.normal(jax.random.key(1), (2, 5, 6, 2), F64)
+  y = jnp.array([1, 3])
+  model_fn = lambda p: nnx.merge(graphdef, p)(x)
+  out_loss = lambda o: curvature.nll(o, y, "categorical")
+  grads = loss_grad(model_fn, params, y)
+  every, each = (scale_by_kfac(covariance_every=k, inverse_every=1, kl_clip=None, empirical=True) for k in (2, None))
+  step = lambda tx: jax.jit(lambda g, s, p: tx.update(g, s, p, model_fn=model_fn, output_loss_fn=out_loss))
+  lowered = step(every).lower(grads, every.init(params), params).as_text()
+  assert "callback" in lowered
+  _, s0 = step(every)(grads, every.init(params), params)
+  _, s1 = step(every)(grads, s0, jax.tree.map(lambda v: 1.5 * v, params))
+  _, reference = step(each)(grads, each.init(params), params)
+  for j in range(2):
+    np.testing.assert_allclose(s0.a_factors[j], reference.a_factors[j], rtol=1e-13)
+    np.testing.assert_allclose(s0.g_factors[j], reference.g_factors[j], rtol=1e-12, atol=1e-16)
+    np.testing.assert_array_equal(s1.a_factors[j], s0.a_factors[j])
