@@ -324,6 +324,7 @@ BAD_VALUES: dict[str, dict[str, object]] = {
     "ademamix": {"alpha": -1.0},
     "adafactor": {"min_dim_size_to_factor": 0, "clipping_threshold": -1.0, "decay_offset": -1},
     "projected": {"lower": math.nan, "upper": math.nan},
+    "switch": {"switch_step": -1, "second_learning_rate": -1.0},
     "clipped": {"max_norm": 0.0},
 }
 

@@ -20,6 +20,8 @@ from optlab_jax.optim import projected, clipped  # noqa: E402
 from optlab_jax.optim import gauss_newton, kfac_capture, kfac  # noqa: E402
 # quasi-Newton
 from optlab_jax.optim import lbfgs, lbfgs_b  # noqa: E402
+# one optimizer, then another
+from optlab_jax.optim import switch  # noqa: E402
 # matrix preconditioners
 from optlab_jax.optim import shampoo, soap  # noqa: E402
 # optax's own (thin entries) and matrix preconditioners
@@ -28,7 +30,7 @@ from optlab_jax.optim import psgd_kron, muon, schedule_free, learning_rate_free,
 MODULES = (
     sgd, adagrad, adadelta, rmsprop, adam, amsgrad, adamw, radam, lars, lamb, novograd,
     lookahead, ranger, lazy_adam, adahessian, sophia, sam, conjugate_gradient, newton_cg,
-    gauss_newton, kfac_capture, kfac, lbfgs, lbfgs_b,
+    gauss_newton, kfac_capture, kfac, lbfgs, lbfgs_b, switch,
     shampoo, soap,
     psgd_kron, muon, schedule_free, learning_rate_free, adam_variants, sign_and_factored, projected, clipped,
 )
