@@ -136,7 +136,7 @@ def main() -> None:
   peak = peak_flop_rate(repeats)
   rows = [sweep_row(name, problem, steps, repeats, peak) for name, problem in cases.items()]
   print(f"backend {jax.default_backend()}, {steps} steps, best of {repeats}, batch {BATCH}, Adam, "
-        f"VMAP_MAX_FLOPS {train.VMAP_MAX_FLOPS:.0e}, peak (2048² float32 matmul) {peak / 1e9:.3g} GFLOP/s, "
+        f"VMAP_MAX_FLOPS {train.VMAP_MAX_FLOPS:.2g}, peak (2048² float32 matmul) {peak / 1e9:.3g} GFLOP/s, "
         f"load average {os.getloadavg()[0]:.1f}")
   header = list(rows[0])
   print(" | ".join(f"{h:>14}" if i else f"{h:<24}" for i, h in enumerate(header)))
