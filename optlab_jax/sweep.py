@@ -84,7 +84,7 @@ def _fit_kwargs(cfg: dict) -> dict[str, Any]:
   t = cfg["train"]
   batch_size = None if t["batch_size"] == "full" else t["batch_size"]
   return dict(steps=t["steps"], batch_size=batch_size, eval_every=t["eval_every"], loop=t["loop"],
-              checkpoint_every=t["checkpoint_every"])
+              checkpoint_every=t["checkpoint_every"], mesh=t.get("mesh"))
 
 
 class _Progress:

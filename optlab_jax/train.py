@@ -35,6 +35,7 @@ import optax
 from optlab_jax import checkpoints, checks
 from optlab_jax import monitor as monitors
 from optlab_jax import program_cache
+from optlab_jax import sharding
 from optlab_jax.curvature.loops import has_primitive, resolve_loop
 from optlab_jax.optim.schedule_free import schedule_free_eval_params
 from optlab_jax.problems import Problem
@@ -79,7 +80,7 @@ class History:
 def _abstract_point(problem: Problem, batch_size: int | None = None) -> tuple[Any, Any]:
   """Shapes and dtypes of (params, batch) of one run, without computing either."""
   params = jax.eval_shape(problem.init_params, jax.random.key(0))
-  batch = jax.eval_shape(problem.sample_fn, problem.data, jax.random.key(0), batch_size)
+  batch = jax.eval_shape(lambda data, key: problem.sample_fn(data, key, batch_size), problem.data, jax.random.key(0))
   return params, batch
 
 
@@ -100,21 +101,23 @@ def _chunks(steps: int, *periods: int) -> list[tuple[int, int]]:
   return [(start, min(size, steps - start)) for start in range(0, steps, size)]
 
 
-def _point_fns(problem: Problem, make_tx: Callable[[dict], optax.GradientTransformation], batch_size):
-  """init(seed, hp) -> TrainState and step(state, hp, data, t) -> (state, loss, monitor args)."""
+def _point_fns(problem: Problem, make_tx: Callable[[dict], optax.GradientTransformation], batch_size,
+               placement: sharding.Placement = sharding.Placement(None)):
+  """init(seed, hp) -> TrainState and step(state, hp, data, t) -> (state, loss, monitor args);
+  `placement` constrains the batch, params and state to their shardings on its mesh."""
 
   def init(seed, hp):
     init_key, data_key = jax.random.split(jax.random.key(seed))
-    params = problem.init_params(init_key)
-    return TrainState(params, make_tx(hp).init(params), data_key)
+    params, tx = problem.init_params(init_key), make_tx(hp)
+    return TrainState(*placement.state(params, tx.init(params), tx), data_key)
 
   def step(state, hp, data, t):
-    batch = problem.sample_fn(data, jax.random.fold_in(state.data_key, t), batch_size)
+    batch = placement.batch(problem.sample_fn(data, jax.random.fold_in(state.data_key, t), batch_size))
     extra = problem.extra_args(batch)
     loss, grads = jax.value_and_grad(extra["obj_fn"])(state.params)
     tx = optax.with_extra_args_support(make_tx(hp))
     updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss, grad=grads, **extra)
-    new = TrainState(optax.apply_updates(state.params, updates), opt_state, state.data_key)
+    new = TrainState(*placement.state(optax.apply_updates(state.params, updates), opt_state, tx), state.data_key)
     return new, loss, (state.params, grads, updates, opt_state, batch)
 
   return init, step
@@ -152,14 +155,15 @@ class _Compiled:
 
 def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=None, eval_every=0,
            monitor=None, monitor_every=0, loop="auto", on_progress=None, checkpoint_every=0,
-           checkpoint_dir=None) -> list[History]:
+           checkpoint_dir=None, mesh=None) -> list[History]:
   """Trains one run, or (batched) one run per seed vmapped in one program; `run` compiles."""
   checks.check_positive_int("steps", steps)
   checks.check_in_range("eval_every", eval_every, 0.0)
   if monitor is not None:
     checks.check_positive_int("monitor_every", monitor_every)
   loop = choose_loop(problem, loop)
-  init, step = _point_fns(problem, make_tx, batch_size)
+  placement = sharding.placement(mesh, _abstract_point(problem, batch_size)[1])
+  init, step = _point_fns(problem, make_tx, batch_size, placement)
   metrics = problem.metrics_fn
   # Schedule-free methods train at y and are evaluated at their average x (other states: the params).
   eval_point = lambda state: (jax.vmap(schedule_free_eval_params) if batched else schedule_free_eval_params)(
@@ -271,6 +275,7 @@ def fit(
     on_progress: Callable[[int], None] | None = None,
     checkpoint_every: int = 0,
     checkpoint_dir: str | pathlib.Path | None = None,
+    mesh: dict[str, int] | None = None,
 ) -> History:
   """Trains `problem` with `tx` for `steps` steps (never raises on divergence).
 
@@ -285,12 +290,14 @@ def fit(
   Every `checkpoint_every` steps (0: never) the run is saved to `checkpoint_dir`, and a run
   started with a `checkpoint_dir` holding checkpoints resumes from the newest readable one, with
   the numbers of an uninterrupted run (`optlab_jax.checkpoints`).
+  `mesh` ({"data": N, "model": M}; None: every local device on data if the batch divides over
+  them) shards the batch over data and big params and their state over model (`optlab_jax.sharding`).
   """
   checks.check_in_range("seed", seed, -2**31, 2**31 - 1)  # seeds are traced as int32
   (history,) = _train(
       problem, lambda hp: tx, {}, np.int32(seed), False, _Compiled(), steps=steps, batch_size=batch_size,
       eval_every=eval_every, monitor=monitor, monitor_every=monitor_every, loop=loop, on_progress=on_progress,
-      checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
+      checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, mesh=mesh,
   )
   return history
 

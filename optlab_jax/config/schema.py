@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationInfo,
+                      field_validator)
 
 from optlab_jax import checks, optim
 from optlab_jax.config.axes import Axis
 from optlab_jax.curvature.loops import LOOPS
+from optlab_jax.sharding import MIN_SHARD_BYTES
 
 SECTIONS = ("problem", "optimizer", "train", "monitor")
 STRICT = ConfigDict(strict=True, extra="forbid")
@@ -21,6 +23,16 @@ def _batch_size(value: Any) -> Any:
   raise ValueError(f"expected a positive integer or 'full', got {value!r}")
 
 
+class Mesh(BaseModel):
+  """A device mesh (`optlab_jax.sharding`): the batch over `data`, leaves of at least
+  `min_shard_bytes` over `model`."""
+
+  model_config = STRICT
+  data: PositiveInt
+  model: PositiveInt = 1
+  min_shard_bytes: NonNegativeInt = MIN_SHARD_BYTES
+
+
 class Train(BaseModel):
   """How long and on what batches to train."""
 
@@ -30,6 +42,16 @@ class Train(BaseModel):
   eval_every: NonNegativeInt = 0  # 0: evaluate at the end only
   loop: Literal[LOOPS] = "auto"
   checkpoint_every: NonNegativeInt = 0  # 0: no checkpoints (optlab_jax.checkpoints)
+  mesh: Mesh | None = None  # None: every local device on data if the batch divides over them, else one
+
+  @field_validator("mesh")
+  @classmethod
+  def _batch_divides_over_data(cls, mesh: Mesh | None, info: ValidationInfo) -> Mesh | None:
+    batch_size = info.data.get("batch_size")
+    if mesh is not None and type(batch_size) is int and batch_size % mesh.data:
+      raise ValueError(f"data={mesh.data} does not divide batch_size={batch_size}: each of the {mesh.data} "
+                       "data shards needs an equal share of the batch")
+    return mesh
 
 
 class Monitor(BaseModel):
