@@ -2,6 +2,7 @@
 
 Run:  python experiments/bench_matrix_preconditioners.py           (20 blocks of 10 steps)
       python experiments/bench_matrix_preconditioners.py --quick   (3 blocks: checks that it runs)
+      --models mlp | transformer                                   (one of the two models)
 
 Models: the MLP 784-512-512-10 (ReLU, float32, batch 128, synthetic data) and the
 `char_transformer` problem (its defaults: width 128, 2 layers, seq 64; batch 32), or, if that
@@ -13,7 +14,9 @@ cost), blocks of all optimizers alternate, and the table shows the median block.
 Adam. State bytes / param bytes count every state leaf; "theory" is the size the method's
 definition implies for these shapes (matrix leaves m×n; vectors and scalars as each method's
 fallback; Shampoo with its Adam graft and its roots, SOAP with its eigenbases, PSGD with its
-momentum, K-FAC (A, G and their inverses per Linear layer) is its module's own count).
+momentum, K-FAC (A, G and their inverses per Linear layer) is its module's own count). The "/b128"
+rows cut every axis into blocks of at most 128 (padded), so each root or eigenbasis refresh
+decomposes 128 × 128 factors instead of 784 × 784 and 512 × 512 ones.
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ from optlab_jax import optim, problems
 from optlab_jax.problems import models
 
 REFRESH = 10
-NAMES = ("adam", "shampoo", "soap", "psgd_kron", "muon", "kfac")
+BLOCK = 128  # the "/b128" rows: Shampoo and SOAP with every axis cut into blocks of at most this
+NAMES = ("adam", "shampoo", "shampoo/b128", "soap", "soap/b128", "psgd_kron", "muon", "kfac")
 FACTORIES = {
     "adam": lambda: optim.get("adam")(1e-3),
     "shampoo": lambda: optim.get("shampoo")(1e-3, precondition_every=REFRESH),
+    "shampoo/b128": lambda: optim.get("shampoo")(1e-3, precondition_every=REFRESH, block_size=BLOCK),
     "soap": lambda: optim.get("soap")(1e-3, precondition_every=REFRESH),
+    "soap/b128": lambda: optim.get("soap")(1e-3, precondition_every=REFRESH, block_size=BLOCK),
     "psgd_kron": lambda: optim.get("psgd_kron")(1e-3, update_probability=1.0 / REFRESH),
     "muon": lambda: optim.get("muon")(1e-3),
     "kfac": lambda: optim.get("kfac")(1e-3, inverse_every=REFRESH),
@@ -48,19 +54,26 @@ def nbytes(tree) -> int:
 
 def theory(name: str, params) -> float | None:
   """State entries / param entries from the definition (counts, keys and scalars ignored)."""
+  base, block = name.split("/")[0], BLOCK if "/b" in name else None
   total, state = 0, 0
   for p in jax.tree.leaves(params):
     total += p.size
     matrix = p.ndim == 2
     m, n = p.shape if matrix else (p.size, 1)
+    if matrix and block is not None:  # per block of bm × bn: bm² + bn² factor entries; blocks padded
+      bm, bn = min(m, block), min(n, block)
+      tiles = -(-m // bm) * -(-n // bn)
+      factors = tiles * (bm * bm + bn * bn)
+    else:
+      factors = m * m + n * n
     state += {
         "adam": 2 * p.size,
         "muon": p.size if matrix else 2 * p.size,
         "psgd_kron": p.size + (m * m + n * n if matrix else p.size),
-        "shampoo": 2 * p.size + (2 * (m * m + n * n) if matrix else 0),   # Adam m, v (graft); L, R; their roots
-        "soap": 2 * p.size + (2 * (m * m + n * n) if matrix else 0),      # Adam m, v; L, R; Q_L, Q_R
-    }.get(name, 0)
-  return state / total if name != "kfac" else None
+        "shampoo": 2 * p.size + (2 * factors if matrix else 0),   # Adam m, v (graft); L, R; their roots
+        "soap": 2 * p.size + (2 * factors if matrix else 0),      # Adam m, v; L, R; Q_L, Q_R
+    }.get(base, 0)
+  return state / total if base != "kfac" else None
 
 
 def mlp():
@@ -104,7 +117,7 @@ def make_step(tx, model_fn, loss_fn, batch):
 
 
 def bench(title, params, model_fn, loss_fn, batch, blocks):
-  names = [n for n in NAMES if n in optim.names()]
+  names = [n for n in NAMES if n.split("/")[0] in optim.names()]
   runs, times, param_bytes = {}, {n: [] for n in names}, nbytes(params)
   for name in names:
     tx = FACTORIES[name]()
@@ -124,25 +137,27 @@ def bench(title, params, model_fn, loss_fn, batch, blocks):
       runs[name][1] = carry
   adam_ms = 1e3 * np.median(times["adam"])
   print(f"\n{title}; {blocks} alternated blocks of {REFRESH} steps, {jax.devices()[0].platform}")
-  print(f"{'optimizer':<11}|{'ms/step':>9} |{'/ Adam':>7} |{'state/params':>13} |{'theory':>7}")
-  print(f"{'-' * 11}|{'-' * 10}|{'-' * 8}|{'-' * 14}|{'-' * 7}")
+  print(f"{'optimizer':<13}|{'ms/step':>9} |{'/ Adam':>7} |{'state/params':>13} |{'theory':>7}")
+  print(f"{'-' * 13}|{'-' * 10}|{'-' * 8}|{'-' * 14}|{'-' * 7}")
   for name in names:
     ms = 1e3 * np.median(times[name])
     t = theory(name, params)
     ratio = nbytes(runs[name][1][1]) / param_bytes
-    print(f"{name:<11}|{ms:>9.2f} |{ms / adam_ms:>7.2f} |{ratio:>13.2f} |{'-' if t is None else f'{t:.2f}':>7}")
+    print(f"{name:<13}|{ms:>9.2f} |{ms / adam_ms:>7.2f} |{ratio:>13.2f} |{'-' if t is None else f'{t:.2f}':>7}")
   missing = sorted(set(NAMES) - set(names))
   if missing:
     print(f"not registered (skipped): {', '.join(missing)}")
 
 
-def main(quick: bool) -> None:
+def main(quick: bool, models: str) -> None:
   blocks = 3 if quick else 20
-  for build in (mlp, transformer):
+  for build in {"all": (mlp, transformer), "mlp": (mlp,), "transformer": (transformer,)}[models]:
     bench(*build(), blocks)
 
 
 if __name__ == "__main__":
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="3 blocks instead of 20")
-  main(parser.parse_args().quick)
+  parser.add_argument("--models", choices=("all", "mlp", "transformer"), default="all")
+  args = parser.parse_args()
+  main(args.quick, args.models)
