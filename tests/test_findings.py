@@ -121,3 +121,18 @@ def test_random_directions_hold_k_over_n_of_the_gradient():
   assert abs(np.mean(shares) / (10 / 2000) - 1) < 0.15, np.mean(shares)
   basis = np.eye(2000)[:, :10]  # the top coordinates are not random: their share is exact and different
   assert abs(np.sum((basis.T @ grad) ** 2) / np.sum(grad**2) - np.mean(shares)) > 0.5 * 10 / 2000
+
+
+@functools.cache
+def _final_sharpness(batch_size: int) -> tuple[float, float]:
+  """(λ_max of the full-batch Hessian, test − train loss) after 20 epochs of SGD (lr 0.1) at `batch_size`."""
+  problem = problems.build("digits_mlp", hidden=(32,), classes=(0, 1, 2, 3, 4))
+  data = problem.data["train"]
+  history = train.fit(problem, optax.sgd(0.1), steps=20 * len(data["y"]) // batch_size, batch_size=batch_size)
+  hess = curvature.hvp_fn(lambda p: problem.loss(p, data), history.params)
+  return float(_top_eigenvalues(hess, history.params, 1)[0]), history.final["test_loss"] - history.final["loss"]
+
+
+def test_large_batch_ends_sharper_at_equal_lr_and_epochs():
+  small, large = _final_sharpness(32), _final_sharpness(512)
+  assert large[0] > 3 * small[0], (small, large)  # Keskar et al.: λ_max grows with the batch size
