@@ -21,7 +21,7 @@ def clipped(
     base: str = "sgd",
     base_kwargs: dict[str, Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """`base` on gradients clipped to global norm `max_norm` (`optax.clip_by_global_norm`).
+  """Any registered optimizer (SGD by default) on gradients clipped to global norm `max_norm`.
 
   Update rule: g ← g · min(1, max_norm / ‖g‖₂), then `get(base)(learning_rate, **base_kwargs)`.
   A step of plain SGD is then at most lr · max_norm long, however steep the loss: the exploding

@@ -55,10 +55,11 @@ def projected(
     base: str = "sgd",
     base_kwargs: dict[str, Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """Projected `base`: `get(base)(learning_rate, **base_kwargs)` followed by `project_box`.
+  """Any registered optimizer (SGD by default) with its iterates kept in the box [lower, upper].
 
-  Every iterate lies in [lower, upper] (None: unbounded on that side), as in online convex
-  optimization on a bounded feasible set. The base's own hyperparameters are fixed here.
+  Update rule: u ← `get(base)(learning_rate, **base_kwargs)`'s update, then `project_box`:
+  w ← Π(w + u). Every iterate lies in [lower, upper] (None: unbounded on that side), as in online
+  convex optimization on a bounded feasible set. The base's own hyperparameters are fixed here.
   """
   check_choice("base", base, [n for n in registry.names() if n != "projected"])
   base_tx = registry.get(base)(learning_rate, **(base_kwargs or {}))
