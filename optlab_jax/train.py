@@ -2,9 +2,12 @@
 
 Step t (0-based) of the run with seed s trains on `problem.sample_batch(fold_in(k_data, t))`,
 where (k_init, k_data) = split(key(s)) and the params start at `problem.init_params(k_init)`;
-so a run's numbers depend neither on the loop, nor on how its steps are chunked, nor on vmapping.
+so a run's data, initialisation and randomness depend neither on the loop, nor on how its steps
+are chunked, nor on vmapping. Its float results agree to rounding: XLA may fuse a scan of another
+length differently, and on a chaotic float32 run (a PINN under Adam) that rounding grows into
+visibly different curves; the tests find them bitwise equal on their problems, not in general.
 
-Two loops give the same numbers:
+Two loops give the same runs:
   "scan"    chunks of steps in one `lax.scan`, whose carry keeps the last step's monitor
             arguments; the monitor is its own compiled program, called between chunks, so
             it is never compiled into (nor slowed by) the training program.
