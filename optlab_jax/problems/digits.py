@@ -59,13 +59,13 @@ def _splits(dtype: Dtype, shape: tuple[int, ...], classes=None, loss: classifica
 def digits_mlp(
     hidden: tuple[int, ...] = (64, 64),
     activation: models.Activation = "relu",
+    classes: tuple[int, ...] | None = None,
+    loss: classification.Loss = "cross_entropy",
     dtype: Dtype = "float32",
 ) -> Problem:
   """Digits classified by an MLP 64 → hidden → C (softmax cross-entropy, or `loss="mse"` on one-hot
   targets); `classes` keeps a subset of the ten digits (C = len(classes); default all)."""
   for width in hidden:
-    classes: tuple[int, ...] | None = None,
-    loss: classification.Loss = "cross_entropy",
     checks.check_positive_int("hidden", width)
   train, test = _splits(dtype, (64,), classes, loss)
   sizes = (64, *hidden, classification.check_classes(classes, NUM_CLASSES))
