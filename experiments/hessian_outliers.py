@@ -23,7 +23,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from matplotlib.figure import Figure
 
-from optlab_jax import config, curvature, findings, landscape_plots, optim, results, sweep, train
+from optlab_jax import config, curvature, findings, landscape_plots, results, sweep
 
 
 def spectra(problem, params, key, top: int, iters: int) -> dict:
@@ -42,10 +42,7 @@ def analyse(run: config.Run, top: int, iters: int) -> tuple[dict, dict]:
   """The numbers of one run at its final params (see the module docstring) and its spectra."""
   cfg = run.config
   problem = config.build_problem(cfg["problem"])
-  t = cfg["train"]
-  tx = optim.get(cfg["optimizer"]["name"])(**config.optimizer_kwargs(cfg["optimizer"]))
-  history = train.fit(problem, tx, steps=t["steps"], batch_size=None if t["batch_size"] == "full" else t["batch_size"],
-                      seed=cfg["seed"], loop=t["loop"])
+  history = sweep.refit(cfg, problem)
   params = history.params
   c = cfg["monitor"]["top_k"]
   s = spectra(problem, params, jax.random.key(cfg["seed"]), top, iters)

@@ -21,16 +21,13 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from optlab_jax import config, curvature, findings, optim, results, sweep, train
+from optlab_jax import config, curvature, findings, results, sweep
 
 
 def analyse(run: config.Run, iters: int, probes: int) -> dict[str, float]:
   cfg = run.config
   problem = config.build_problem(cfg["problem"])
-  t = cfg["train"]
-  tx = optim.get(cfg["optimizer"]["name"])(**config.optimizer_kwargs(cfg["optimizer"]))
-  history = train.fit(problem, tx, steps=t["steps"], batch_size=None if t["batch_size"] == "full" else t["batch_size"],
-                      seed=cfg["seed"], loop=t["loop"])
+  history = sweep.refit(cfg, problem)
   data, key = problem.data["train"], jax.random.key(cfg["seed"])
   hess = curvature.hvp_fn(lambda p: problem.loss(p, data), history.params)
   top = curvature.lanczos_eigs(hess, history.params, key, iters, 1).top_values[0]

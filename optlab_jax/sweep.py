@@ -87,6 +87,15 @@ def _fit_kwargs(cfg: dict) -> dict[str, Any]:
               checkpoint_every=t["checkpoint_every"], mesh=t.get("mesh"))
 
 
+def refit(cfg: dict, problem: Any = None, **kwargs: Any) -> train.History:
+  """The run `cfg` trained again by `train.fit` (same seed, same data stream: the sweep's run, to
+  rounding), for analyses that need its params; `kwargs` go to `fit` (a monitor, say)."""
+  problem = config.build_problem(cfg["problem"]) if problem is None else problem
+  tx = optim.get(cfg["optimizer"]["name"])(**config.optimizer_kwargs(cfg["optimizer"]))
+  fit_kwargs = {k: v for k, v in _fit_kwargs(cfg).items() if k != "checkpoint_every"}
+  return train.fit(problem, tx, seed=cfg["seed"], **(fit_kwargs | kwargs))
+
+
 class _Progress:
   """One monotone progress bar over a sweep's steps; `at(n)` never moves it back."""
 
