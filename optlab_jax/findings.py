@@ -15,7 +15,7 @@ import numpy as np
 
 from optlab_jax import results
 
-__all__ = ["arrays", "by_point", "edge_of_stability", "spread", "tail"]
+__all__ = ["arrays", "by_point", "edge_of_stability", "first_reach", "spread", "tail"]
 
 Arrays = dict[str, np.ndarray]
 
@@ -91,3 +91,9 @@ def random_subspace_fraction(grad: np.ndarray, k: int, key: int = 0) -> float:
   grad = np.asarray(grad, np.float64).ravel()
   q, _ = np.linalg.qr(np.random.default_rng(key).standard_normal((grad.size, k)))
   return float(np.sum((q.T @ grad) ** 2) / np.sum(grad**2))
+
+
+def first_reach(steps: np.ndarray, values: np.ndarray, target: float) -> float:
+  """The first of `steps` whose value is at or below `target` (NaN if none is: never reached)."""
+  reached = np.flatnonzero(np.asarray(values, np.float64) <= target)
+  return float(np.asarray(steps)[reached[0]]) if len(reached) else float("nan")

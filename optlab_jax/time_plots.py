@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from optlab_jax import results
 
-__all__ = ["TimedCurve", "timed_curves", "at_equal_time", "figure", "plot_directory"]
+__all__ = ["TimedCurve", "seconds_per_step", "timed_curves", "at_equal_time", "figure", "plot_directory"]
 
 
 class TimedCurve(NamedTuple):
@@ -38,7 +38,8 @@ def _label(optimizer: dict) -> str:
   return f"{optimizer['name']}(lr={optimizer.get('learning_rate')})"
 
 
-def _seconds_per_step(record: dict) -> float:
+def seconds_per_step(record: dict) -> float:
+  """A run record's training seconds per step (compilation excluded)."""
   return (record["wall_time"] - record["compile_time"]) / record["config"]["train"]["steps"]
 
 
@@ -54,7 +55,7 @@ def timed_curves(directory: str | Path, metric: str) -> list[TimedCurve]:
       continue
     n = min(len(a[f"eval.{metric}"]) for a in arrays)
     steps = arrays[0]["eval_step"][:n]
-    seconds = np.median([steps * _seconds_per_step(r) for r in runs], axis=0)
+    seconds = np.median([steps * seconds_per_step(r) for r in runs], axis=0)
     values = np.stack([np.asarray(a[f"eval.{metric}"][:n], np.float64) for a in arrays])
     values[~np.isfinite(values)] = np.nan
     out.append(TimedCurve(_label(runs[0]["config"]["optimizer"]), runs[0]["config"]["problem"]["name"], seconds, values))
