@@ -9,7 +9,7 @@ to every run of a results directory and `spread` summarises it over seeds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -97,3 +97,38 @@ def first_reach(steps: np.ndarray, values: np.ndarray, target: float) -> float:
   """The first of `steps` whose value is at or below `target` (NaN if none is: never reached)."""
   reached = np.flatnonzero(np.asarray(values, np.float64) <= target)
   return float(np.asarray(steps)[reached[0]]) if len(reached) else float("nan")
+
+
+class Grid(NamedTuple):
+  """One optimizer's final metric over a sweep grid of two hyperparameters (`grid_plots.grids`)."""
+  x: np.ndarray  # [nx] the learning rates, ascending
+  y: np.ndarray  # [ny] the weight decays, ascending
+  values: np.ndarray  # [seeds, ny, nx] each seed's final metric (NaN: diverged or missing)
+
+
+def best_index(grid: Grid, within: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+  """[seeds, nx] the row of the lowest value in each column, and whether the column is in the good
+  region: its best within a factor `within` of the seed's best on the whole grid (an undertrained
+  or diverging column has no meaningful best)."""
+  filled = np.where(np.isfinite(grid.values), grid.values, np.inf)
+  column_best = np.min(filled, axis=1)
+  return np.argmin(filled, axis=1), column_best <= within * np.min(column_best, axis=1, keepdims=True)
+
+
+def best_decay(grid: Grid, within: float = 1.5) -> list[dict[str, float]]:
+  """Per seed, the least-squares line of log10 (best y) against log10 x over the columns of the
+  good region (`best_index`): `slope` ≈ 0 when the best y does not depend on x (separable), ≈ −1
+  when x·y is what matters (diagonal); `intercept`; `columns`, how many columns were fitted;
+  `at_edge`, the share of them whose best is the grid's first or last y (the slope is then a
+  bound). For a decay multiplied by the learning rate (our `adamw`) the slope of the paper's
+  λ = lr · weight_decay is this slope + 1.
+
+  References: Loshchilov & Hutter, 2019 (arXiv:1711.05101), figure 2.
+  """
+  out = []
+  for row, keep in zip(*best_index(grid, within)):
+    slope, intercept = np.polyfit(np.log10(grid.x[keep]), np.log10(grid.y[row[keep]]), 1)
+    edge = np.isin(row[keep], [0, len(grid.y) - 1])
+    out.append({"slope": float(slope), "intercept": float(intercept), "columns": float(np.sum(keep)),
+                "at_edge": float(np.mean(edge))})
+  return out

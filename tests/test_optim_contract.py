@@ -62,6 +62,8 @@ TUNING: dict[str, dict[str, tuple]] = {
     "sgd": {"quadratic": (0.015, 1000, 1e-4), "rosenbrock": (1.5e-3, 20000, 1e-3)},
     "projected": {"quadratic": (0.015, 1000, 1e-4), "rosenbrock": (1.5e-3, 20000, 1e-3)},  # sgd, no bounds
     "clipped": {"quadratic": (0.015, 1000, 1e-4), "rosenbrock": (1.5e-3, 20000, 1e-3)},  # sgd, clipped to norm 1
+    # sgd on gradients one step stale: stable below 1/λ_max, half sgd's edge, so half its lr
+    "delayed": {"quadratic": (0.007, 1000, 1e-4), "rosenbrock": (7e-4, 40000, 1e-3)},
     "adahessian": {"quadratic": (0.5, 1000, 1e-4), "rosenbrock": (2.0, 3000, 1e-3)},
     "sophia_g": {"quadratic": (0.01, 1000, 1e-4), "rosenbrock": (0.01, 3000, 1e-3)},
     # SAM/ASAM chatter in their ρ-ball: the 2-cycle's loss, computed from H at the minimum.
@@ -326,6 +328,7 @@ BAD_VALUES: dict[str, dict[str, object]] = {
     "projected": {"lower": math.nan, "upper": math.nan},
     "switch": {"switch_step": -1, "second_learning_rate": -1.0},
     "clipped": {"max_norm": 0.0},
+    "delayed": {"tau": -1},
 }
 
 

@@ -16,6 +16,8 @@ from optlab_jax.optim import lars, lamb, novograd, lookahead, ranger, lazy_adam 
 from optlab_jax.optim import adahessian, sophia, sam, conjugate_gradient, newton_cg  # noqa: E402
 # constrained and clipped
 from optlab_jax.optim import projected, clipped  # noqa: E402
+# stale gradients (asynchronous SGD simulated)
+from optlab_jax.optim import delayed  # noqa: E402
 # curvature matrices
 from optlab_jax.optim import gauss_newton, kfac_capture, kfac  # noqa: E402
 # quasi-Newton
@@ -33,6 +35,7 @@ MODULES = (
     gauss_newton, kfac_capture, kfac, lbfgs, lbfgs_b, switch,
     shampoo, soap,
     psgd_kron, muon, schedule_free, learning_rate_free, adam_variants, sign_and_factored, projected, clipped,
+    delayed,
 )
 
 __all__ = ["MODULES", "get", "names", "register", "with_full_params"]

@@ -1,0 +1,88 @@
+"""Heat maps of a final metric over a two-hyperparameter sweep grid (learning rate × weight decay).
+
+`grids` reads, for each optimizer of a results directory, every seed's final metric on the grid of
+two swept float hyperparameters; `figure` draws a panel per optimizer: the median over seeds as a
+colour map on log–log axes, the best weight decay of each learning rate marked and the fitted line
+of `findings.best_decay` through them. `plot_directory` (called by `optlab plot`) writes
+`heatmap_<metric>.png` for a sweep of at least 3 learning rates × 3 weight decays; nothing otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colors
+from matplotlib.figure import Figure
+
+from optlab_jax import findings, results
+
+__all__ = ["grids", "figure", "plot_directory"]
+
+_MIN_AXIS = 3  # values per axis below which a grid is no heat map
+_CLIP = 4.0  # colours span the best value to this factor above it: the good region stays legible
+
+
+def grids(directory: str | Path, metric: str = "test_loss", x: str = "learning_rate",
+          y: str = "weight_decay") -> dict[str, findings.Grid]:
+  """Optimizer name -> its `Grid` of the final `metric` over optimizer hyperparameters `x` × `y`
+  (NaN where a run diverged, is not finite or is missing)."""
+  records = [r for r in results.load_records(directory) if isinstance(r["config"]["optimizer"].get(x), float)
+             and isinstance(r["config"]["optimizer"].get(y), float)]
+  out = {}
+  for name in dict.fromkeys(r["config"]["optimizer"]["name"] for r in records):
+    mine = [r for r in records if r["config"]["optimizer"]["name"] == name]
+    xs = np.array(sorted({r["config"]["optimizer"][x] for r in mine}))
+    ys = np.array(sorted({r["config"]["optimizer"][y] for r in mine}))
+    seeds = sorted({r["config"]["seed"] for r in mine})
+    values = np.full((len(seeds), len(ys), len(xs)), np.nan)
+    for r in mine:
+      if r["status"] == "ok":
+        values[seeds.index(r["config"]["seed"]), np.searchsorted(ys, r["config"]["optimizer"][y]),
+               np.searchsorted(xs, r["config"]["optimizer"][x])] = r["final"].get(metric, np.nan)
+    values[~np.isfinite(values)] = np.nan
+    out[name] = findings.Grid(xs, ys, values)
+  return out
+
+
+def _edges(values: np.ndarray) -> np.ndarray:
+  """Cell edges on a log axis: midway (geometrically) between neighbouring grid values."""
+  logs = np.log10(values)
+  inner = (logs[1:] + logs[:-1]) / 2
+  return 10 ** np.concatenate([[2 * logs[0] - inner[0]], inner, [2 * logs[-1] - inner[-1]]])
+
+
+def figure(found: dict[str, findings.Grid], metric: str = "test_loss", problem: str = "") -> Figure:
+  """A panel per optimizer: the median `metric` over seeds, the best y of each x and its fit."""
+  fig = Figure(figsize=(5.2 * len(found), 4.6), layout="constrained")
+  axes = np.atleast_1d(fig.subplots(1, len(found), sharey=True))
+  finite = np.concatenate([g.values[np.isfinite(g.values)] for g in found.values()])
+  low = np.min(finite) if finite.size else 1.0
+  norm = colors.LogNorm(low, _CLIP * low)
+  for ax, (name, grid) in zip(axes, found.items()):
+    median = np.nanmedian(grid.values, axis=0) if np.isfinite(grid.values).any() else grid.values[0]
+    mesh = ax.pcolormesh(_edges(grid.x), _edges(grid.y), np.clip(median, None, _CLIP * low), cmap="viridis_r", norm=norm)
+    of_median = findings.Grid(grid.x, grid.y, median[None])
+    (row,), (keep,) = findings.best_index(of_median)
+    fit = findings.best_decay(of_median)[0]
+    stats = findings.spread(findings.best_decay(grid))["slope"]
+    ax.plot(grid.x[keep], grid.y[row[keep]], "wo", markeredgecolor="k", label="best weight decay (good lr)")
+    ax.plot(grid.x[keep], 10 ** (fit["intercept"] + fit["slope"] * np.log10(grid.x[keep])), "w--",
+            label=f"slope {stats[0]:.2f} ± {stats[1]:.2f} (seeds)")
+    ax.set(xscale="log", yscale="log", xlabel="learning rate", title=f"{name} {problem}".strip())
+    ax.legend(fontsize="small", loc="lower left")
+  axes[0].set_ylabel("weight_decay (as the optimizer takes it)")
+  fig.colorbar(mesh, ax=list(axes), label=f"{metric}, median over seeds (clipped at {_CLIP:g}× the best)")
+  return fig
+
+
+def plot_directory(directory: str | Path, out: str | Path | None = None) -> list[Path]:
+  """Writes `heatmap_test_loss.png` under `out` (default: `directory`) for a learning-rate ×
+  weight-decay sweep; nothing for any other sweep."""
+  found = {k: g for k, g in grids(directory).items() if len(g.x) >= _MIN_AXIS and len(g.y) >= _MIN_AXIS}
+  if not found:
+    return []
+  problem = results.load_records(directory)[0]["config"]["problem"]["name"]
+  path = Path(directory if out is None else out) / "heatmap_test_loss.png"
+  figure(found, problem=problem).savefig(path, dpi=90)
+  return [path]
