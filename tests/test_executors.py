@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from optlab_jax import cli, config, executors, results, sweep
+from tests.test_sweep import FakeBar as Bar
 
 ray = pytest.importorskip("ray")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -71,27 +72,6 @@ def _assert_same_runs(out: pathlib.Path, reference: pathlib.Path) -> None:
     got = results.load_metrics(out, record["id"])
     for name, values in results.load_metrics(reference, record["id"]).items():
       np.testing.assert_array_equal(got[name], values)
-
-
-class Bar:
-  """Stands in for tqdm: the positions the bar took."""
-
-  def __init__(self, total, **kwargs):
-    self.total, self.n, self.positions = total, 0, []
-    Bar.last = self
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
-
-  def update(self, k):
-    self.n += k
-    self.positions.append(self.n)
-
-  def set_description(self, text):
-    pass
 
 
 def test_ray_tasks_record_the_in_process_runs(cluster, experiment, in_process, tmp_path, monkeypatch):
