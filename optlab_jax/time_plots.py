@@ -33,9 +33,12 @@ class TimedCurve(NamedTuple):
   values: np.ndarray   # [seeds, k] the metric of each seed (NaN where it diverged)
 
 
-def _label(optimizer: dict) -> str:
-  """The optimizer's name and learning rate (its resolved config lists every default)."""
-  return f"{optimizer['name']}(lr={optimizer.get('learning_rate')})"
+def _label(record: dict) -> str:
+  """The optimizer's part of the point's label (the arguments the sweep set, so points differing in
+  another than the learning rate stay apart); its name and learning rate where the label has none."""
+  optimizer = record["config"]["optimizer"]
+  at = record["label"].rfind(f" {optimizer['name']}(")
+  return record["label"][at + 1:] if at >= 0 else f"{optimizer['name']}(lr={optimizer.get('learning_rate')})"
 
 
 def seconds_per_step(record: dict) -> float:
@@ -58,7 +61,7 @@ def timed_curves(directory: str | Path, metric: str) -> list[TimedCurve]:
     seconds = np.median([steps * seconds_per_step(r) for r in runs], axis=0)
     values = np.stack([np.asarray(a[f"eval.{metric}"][:n], np.float64) for a in arrays])
     values[~np.isfinite(values)] = np.nan
-    out.append(TimedCurve(_label(runs[0]["config"]["optimizer"]), runs[0]["config"]["problem"]["name"], seconds, values))
+    out.append(TimedCurve(_label(runs[0]), runs[0]["config"]["problem"]["name"], seconds, values))
   return out
 
 
