@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optlab_jax import findings, optim, problems, train
+from optlab_jax import findings, optim, problems, time_plots, train
 
 SEEDS = np.tile(np.arange(3), 2)
 STEPS = 120
@@ -58,3 +58,12 @@ def test_first_reach_is_the_first_step_at_or_below_the_target():
   assert findings.first_reach(steps, values, 1.0) == 20
   assert findings.first_reach(steps, values, 0.5) == 40
   assert np.isnan(findings.first_reach(steps, values, 0.1))
+
+
+def test_time_plots_keep_points_apart_that_differ_in_more_than_the_learning_rate():
+  def record(label):
+    return {"label": label, "config": {"optimizer": {"name": "adahessian", "learning_rate": 0.1}}}
+  every = time_plots._label(record("digits_cnn(channels=[8, 16]) adahessian(lr=0.1)"))
+  tenth = time_plots._label(record("digits_cnn(channels=[8, 16]) adahessian(lr=0.1, update_interval=10)"))
+  assert (every, tenth) == ("adahessian(lr=0.1)", "adahessian(lr=0.1, update_interval=10)")
+  assert time_plots._label(record("quadratic adahessian")) == "adahessian(lr=0.1)"
