@@ -132,3 +132,23 @@ def best_decay(grid: Grid, within: float = 1.5) -> list[dict[str, float]]:
     out.append({"slope": float(slope), "intercept": float(intercept), "columns": float(np.sum(keep)),
                 "at_edge": float(np.mean(edge))})
   return out
+
+
+def largest_stable_lr(directory: str | Path, axis: str = "tau") -> dict[Any, list[float]]:
+  """Value of the optimizer hyperparameter `axis` -> per seed, the largest learning rate whose run
+  was stable: finite, its final training loss below half its first (a network whose units died in a
+  blow-up ends at the chance loss, just under its first). NaN where none was; a bound (the grid's
+  end) where every one was.
+
+  References: Lian et al., 2015 (arXiv:1506.08272), asynchronous SGD's step size shrinks with the
+  staleness.
+  """
+  stable: dict[Any, dict[int, list[float]]] = {}
+  for record in results.load_records(directory):
+    optimizer = record["config"]["optimizer"]
+    loss = np.asarray(results.load_metrics(directory, record["id"])["train_loss"], np.float64)
+    ok = record["status"] == "ok" and bool(np.all(np.isfinite(loss))) and loss[-1] < loss[0] / 2
+    seeds = stable.setdefault(optimizer[axis], {})
+    seeds.setdefault(record["config"]["seed"], []).append(optimizer["learning_rate"] if ok else -np.inf)
+  return {value: [max(lrs) if max(lrs) > 0 else float("nan") for _, lrs in sorted(seeds.items())]
+          for value, seeds in sorted(stable.items())}

@@ -3,8 +3,9 @@
 `grids` reads, for each optimizer of a results directory, every seed's final metric on the grid of
 two swept float hyperparameters; `figure` draws a panel per optimizer: the median over seeds as a
 colour map on log–log axes, the best weight decay of each learning rate marked and the fitted line
-of `findings.best_decay` through them. `plot_directory` (called by `optlab plot`) writes
-`heatmap_<metric>.png` for a sweep of at least 3 learning rates × 3 weight decays; nothing otherwise.
+of `findings.best_decay` through them. `stability_figure` draws the largest stable learning rate
+of a learning-rate × `tau` sweep of `optim.delayed` against τ. `plot_directory` (called by
+`optlab plot`) writes whichever of the two the sweep is.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from matplotlib import colors
 from matplotlib.figure import Figure
 
 from optlab_jax import findings, results
+from optlab_jax.optim.delayed import stability_edge
 
-__all__ = ["grids", "figure", "plot_directory"]
+__all__ = ["grids", "figure", "stability_figure", "plot_directory"]
 
 _MIN_AXIS = 3  # values per axis below which a grid is no heat map
 _CLIP = 4.0  # colours span the best value to this factor above it: the good region stays legible
@@ -77,12 +79,39 @@ def figure(found: dict[str, findings.Grid], metric: str = "test_loss", problem: 
 
 
 def plot_directory(directory: str | Path, out: str | Path | None = None) -> list[Path]:
-  """Writes `heatmap_test_loss.png` under `out` (default: `directory`) for a learning-rate ×
-  weight-decay sweep; nothing for any other sweep."""
+  """Writes `heatmap_test_loss.png` for a learning-rate × weight-decay sweep and
+  `stable_lr_vs_tau.png` for a learning-rate × tau sweep of `delayed`, under `out` (default:
+  `directory`); nothing for any other sweep."""
+  out = Path(directory if out is None else out)
+  records = results.load_records(directory)
+  paths = []
   found = {k: g for k, g in grids(directory).items() if len(g.x) >= _MIN_AXIS and len(g.y) >= _MIN_AXIS}
-  if not found:
-    return []
-  problem = results.load_records(directory)[0]["config"]["problem"]["name"]
-  path = Path(directory if out is None else out) / "heatmap_test_loss.png"
-  figure(found, problem=problem).savefig(path, dpi=90)
-  return [path]
+  if found:
+    paths.append(out / "heatmap_test_loss.png")
+    figure(found, problem=records[0]["config"]["problem"]["name"]).savefig(paths[-1], dpi=90)
+  if len({r["config"]["optimizer"].get("tau") for r in records if r["config"]["optimizer"]["name"] == "delayed"}) >= 2:
+    paths.append(out / "stable_lr_vs_tau.png")
+    stability_figure(directory).savefig(paths[-1], dpi=90)
+  return paths
+
+
+def stability_figure(directory: str | Path, axis: str = "tau") -> Figure:
+  """The largest stable learning rate (`findings.largest_stable_lr`) against the integer optimizer
+  hyperparameter `axis`, each seed a dot, with the closed-form edge of delayed GD on the quadratic
+  (`optim.delayed.stability_edge`, its λ_max = the problem's `condition`) where that is the problem."""
+  edges = findings.largest_stable_lr(directory, axis)
+  problem = results.load_records(directory)[0]["config"]["problem"]
+  fig = Figure(figsize=(6, 4.5), layout="constrained")
+  ax = fig.subplots()
+  values = np.array(list(edges))
+  for value, lrs in edges.items():
+    ax.plot([value] * len(lrs), lrs, "o", color="C0", alpha=0.6)
+  ax.plot(values, [np.nanmedian(v) for v in edges.values()], "-", color="C0", label="largest stable lr (seeds: dots)")
+  if problem["name"] == "quadratic":
+    fine = np.arange(values.min(), values.max() + 1)
+    ax.plot(fine, [stability_edge(int(t), problem["condition"]) for t in fine], "k--",
+            label="closed form 2 sin(π/(2(2τ+1))) / λ_max")
+  ax.set(yscale="log", xlabel=axis, ylabel="learning rate", title=f"stale gradients: {problem['name']}")
+  ax.legend(fontsize="small")
+  ax.grid(alpha=0.3)
+  return fig

@@ -6,6 +6,7 @@ loop of the delayed update, the roots of its characteristic polynomial, a hand-b
 from __future__ import annotations
 
 import json
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from optlab_jax import findings, grid_plots, optim
+from optlab_jax import config, findings, grid_plots, optim, sweep
+from optlab_jax.optim.delayed import stability_edge
 
 
 def _numpy_delayed_momentum(a, x0, lr, momentum, tau, steps):
@@ -84,18 +86,56 @@ def test_best_decay_leaves_out_the_columns_outside_the_good_region():
 
 def test_grids_reads_each_optimizers_seeds_onto_the_grid(tmp_path):
   # Catches swapped axes, seeds mixed up and diverged runs counted as numbers.
-  truth = {"adamw": _valley(lambda lx: np.full_like(lx, -2.0), 2)[:, :3, :2]}
+  truth = {"adamw": _valley(lambda lx: np.full_like(lx, -2.0), 2)[:, :3, :3]}
   lines = []
   for s in range(2):
     for i, wd in enumerate(DECAYS[:3]):
-      for j, lr in enumerate(LRS[:2]):
+      for j, lr in enumerate(LRS[:3]):
         status = "diverged" if (s, i, j) == (1, 2, 1) else "ok"
         lines.append({"status": status, "final": {"test_loss": truth["adamw"][s, i, j]},
-                      "config": {"seed": s, "optimizer": {"name": "adamw", "learning_rate": lr, "weight_decay": wd}}})
+                      "config": {"seed": s, "problem": {"name": "digits_mlp"},
+                                 "optimizer": {"name": "adamw", "learning_rate": lr, "weight_decay": wd}}})
   (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(line) for line in lines[::-1]))
   grid = grid_plots.grids(tmp_path)["adamw"]
-  np.testing.assert_array_equal(grid.x, LRS[:2])
+  np.testing.assert_array_equal(grid.x, LRS[:3])
   np.testing.assert_array_equal(grid.y, DECAYS[:3])
   expected = truth["adamw"].copy()
   expected[1, 2, 1] = np.nan
   np.testing.assert_array_equal(grid.values, expected)
+  assert [p.name for p in grid_plots.plot_directory(tmp_path)] == ["heatmap_test_loss.png"]
+
+
+@pytest.mark.parametrize("tau", range(9))
+def test_stability_edge_is_where_the_roots_leave_the_unit_circle(tau):
+  # The closed form against numpy's roots of z^{τ+1} − z^τ + ηλ: a wrong sine argument (π/(2τ+1),
+  # say) or a missing factor 2 moves the edge by far more than the 2% checked here.
+  def radius(lr):
+    return np.max(np.abs(np.roots(np.r_[1.0, -1.0, np.zeros(tau - 1), lr * 3.0] if tau else [1.0, -1.0 + lr * 3.0])))
+  edge = stability_edge(tau, 3.0)
+  assert radius(0.98 * edge) < 1 < radius(1.02 * edge)
+
+
+STALE = """
+    problem: {name: quadratic, dim: 10, condition: 100.0}
+    optimizer: {name: delayed, learning_rate: 1.0e-3, base: sgd}
+    train: {steps: 300, batch_size: full, eval_every: 300}
+    sweep:
+      grid:
+        optimizer.tau: [0, 2, 6]
+        optimizer.learning_rate: [1.0e-3, 1.8e-3, 2.1e-3, 2.7e-3, 3.1e-3, 5.6e-3, 6.6e-3, 1.8e-2, 2.2e-2]
+    seeds: [0]
+"""
+
+
+def test_the_largest_stable_lr_of_stale_sgd_shrinks_as_the_closed_form_says(tmp_path):
+  # Claim 18 through the runner: read off the lr grid (bracketing each τ's edge by ±8%), the largest
+  # stable lr is the closed form's grid point below the edge for τ = 0, 2, 6 — it falls 8× from
+  # τ = 0 to 6. Without the delay (every τ run as plain sgd) each τ would keep τ = 0's 1.8e-2.
+  path = tmp_path / "stale.yaml"
+  path.write_text(textwrap.dedent(STALE))
+  sweep.run(config.load(str(path)), str(tmp_path / "out"), progress=False)
+  found = findings.largest_stable_lr(tmp_path / "out")
+  assert found == {0: [1.8e-2], 2: [5.6e-3], 6: [2.1e-3]}
+  for tau, (lr,) in found.items():
+    assert lr < stability_edge(tau, 100.0) < lr * 1.2
+  assert grid_plots.plot_directory(tmp_path / "out")[-1].name == "stable_lr_vs_tau.png"

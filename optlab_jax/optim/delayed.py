@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -13,7 +15,7 @@ from optlab_jax.optim import base as base_lib
 from optlab_jax.optim import registry
 from optlab_jax.optim.registry import register
 
-__all__ = ["DelayState", "delay_gradients", "delayed"]
+__all__ = ["DelayState", "delay_gradients", "delayed", "stability_edge"]
 
 
 class DelayState(NamedTuple):
@@ -69,3 +71,13 @@ def delayed(
   check_choice("base", base, [n for n in registry.names() if n != "delayed"])
   base_tx = registry.get(base)(learning_rate, **(base_kwargs or {}))
   return base_lib.integer_leaves_untouched(optax.chain(delay_gradients(tau), base_tx))
+
+
+def stability_edge(tau: int, curvature: float) -> float:
+  """The largest stable learning rate of SGD on gradients τ steps stale, on a quadratic whose
+  Hessian's largest eigenvalue is `curvature`: 2 sin(π / (2(2τ + 1))) / λ (2/λ at τ = 0).
+
+  References: Levin & May, 1976, A note on difference-delay equations (Theoretical Population
+  Biology 9), the roots of z^{τ+1} − z^τ + a = 0 inside the unit circle iff 0 < a < 2 sin(π/(4τ+2)).
+  """
+  return 2 * math.sin(math.pi / (2 * (2 * tau + 1))) / curvature
