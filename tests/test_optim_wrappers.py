@@ -151,11 +151,11 @@ def build(name, wrapper):
 FUNCTIONAL = ["plain", "inject", "clip_inject", "multisteps_1", "multisteps_3", "apply_if_finite",
               "masked", "multi_transform", "bfloat16"]
 # The thin entries over optax's own transforms (optax tests its wrappers on them), and the
-# combinators of other registry optimizers (a box projection, clipping, a switch between two),
+# combinators of other registry optimizers (a box projection, clipping, a switch, stale gradients),
 # whose own tests compare them with optax's parts.
 THIN = {n for n in NAMES if optim.get(n).__module__.rsplit(".", 1)[-1] in
         ("muon", "schedule_free", "learning_rate_free", "adam_variants", "sign_and_factored", "projected", "clipped",
-         "switch")}
+         "switch", "delayed")}
 # Cells the default run leaves to `-m slow`, each covered there by a faster test of the same code:
 # plain (test_optim_contract's jit and convergence tests), multisteps_1 (multisteps_3, the same
 # wrapper plus accumulation), clip_inject (test_optim_updates' clipping test and the inject cell),
