@@ -31,7 +31,7 @@ SIGN_ONLY = {"sign_sgd"}
 # The first step is zero (SOAP only collects statistics then; ADOPT only initialises v = g²),
 # so one accumulation cycle cannot tell the mean from the last micro-batch; the clipping
 # test's second step can.
-ZERO_FIRST_STEP = {"adopt", "soap"}
+ZERO_FIRST_STEP = {"adopt", "soap", "delayed"}  # delayed: no gradient has arrived at the first step
 
 
 def problem(num_batches=1):
