@@ -9,8 +9,9 @@ directions of the trajectory, with the trajectory projected onto them (Li et al.
 slice along a filter-normalised random direction; the interpolation from the initialisation to
 the solution with its monotonicity statistics (Lucas et al., 2021); the Hessian's SLQ spectral
 density at the solution, with the exact eigenvalues where the model has at most
-`EXACT_MAX_PARAMS` parameters; and, between the solutions of the first two seeds of each point, a
-trained Bézier curve and the barriers along it and along the line (Garipov et al., 2018).
+`EXACT_MAX_PARAMS` parameters; and, between the solutions of each pair of a point's seeds (1st and
+2nd, 3rd and 4th, ...; in the pair's second file), a trained Bézier curve and the barriers along it
+and along the line (Garipov et al., 2018).
 A run whose file exists is skipped, so a killed analysis resumes. `optlab plot` draws them all.
 """
 
@@ -92,27 +93,28 @@ def _connect(problem, solutions: list, spec: dict) -> dict[str, Any]:
 
 def run(experiment: config.Experiment, out: str | Path, echo: Callable[[str], None] = print) -> list[Path]:
   """Writes the landscape file of every run of `experiment` under `out`/landscape; returns the new
-  ones. Existing files are kept; a point's Bézier connection is in its second seed's file."""
+  ones. Existing files are kept; a seed pair's Bézier connection is in the pair's second file."""
   spec, written = experiment.landscape, []
   points: dict[str, list] = {}
   for r in experiment.runs:
     points.setdefault(results.point_id(r.config), []).append(r)
   for point, runs in points.items():
     paths = [Path(out) / "landscape" / f"{point}_seed{r.config['seed']}.npz" for r in runs]
-    connect = spec["connect_steps"] > 0 and len(runs) >= 2
-    solutions = []
+    # Seeds are connected in pairs (1st-2nd, 3rd-4th, ...); the pair's second run's file holds it.
+    paired = lambda i: spec["connect_steps"] > 0 and (i % 2 == 1 or i + 1 < len(runs))
+    solutions = {}
     for i, (r, path) in enumerate(zip(runs, paths)):
       cfg, label = r.config, f"{sweep.label(r)} seed {r.config['seed']}"
       if path.exists():
-        if connect and i == 0 and not paths[1].exists():  # its solution is one end of the connection
-          solutions.append(_fit(config.build_problem(cfg["problem"]), cfg).params)
+        if paired(i) and i % 2 == 0 and not paths[i + 1].exists():  # one end of a connection to rebuild
+          solutions[i] = _fit(config.build_problem(cfg["problem"]), cfg).params
         continue
       problem = config.build_problem(cfg["problem"])
       final, arrays = analyse(problem, cfg, spec)
-      solutions.append(final)
-      if connect and i == 1:
-        arrays.update(_connect(problem, solutions, spec))
-        echo(f"{label}: barrier to seed {runs[0].config['seed']} along the line "
+      solutions[i] = final
+      if paired(i) and i % 2 == 1:
+        arrays.update(_connect(problem, [solutions.pop(i - 1), solutions.pop(i)], spec))
+        echo(f"{label}: barrier to seed {runs[i - 1].config['seed']} along the line "
              f"{float(arrays['connect_line_barrier']):.4g}, along the Bézier curve "
              f"{float(arrays['connect_curve_barrier']):.4g}")
       echo(f"{label}: PCA explains {100 * float(np.sum(arrays['explained'])):.1f}% of the trajectory; "

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from matplotlib.figure import Figure
 
-from optlab_jax import grid_plots, landscape_plots, monitor, results, time_plots, toy_plots
+from optlab_jax import grid_plots, landscape_plots, monitor, path_plots, results, time_plots, toy_plots
 
 _TITLES = {"train_loss": "train loss (per step)", "monitor.eos_ratio": "λ_max / stability edge"}
 _EDGES: dict[str, Callable[[dict], float | None]] = {
@@ -131,5 +131,5 @@ def plot(directory: str | Path, out: str | Path | None = None) -> list[Path]:
     paths.append(path)
   # spectral densities, landscape/*.npz; the toy landscapes' escape and basin figures
   return (paths + landscape_plots.plot_directory(directory, out) + toy_plots.plot_directory(directory, out)
-          + time_plots.plot_directory(directory, out)
+          + time_plots.plot_directory(directory, out) + path_plots.plot_directory(directory, out)
           + grid_plots.plot_directory(directory, out))

@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "optlab_jax"
 LAYERS = (
     ("cli",),
     ("config", "sweep", "executors", "landscape_runs"),
-    ("results", "plots", "landscape_plots", "toy_plots", "time_plots", "findings", "grid_plots"),
+    ("results", "plots", "landscape_plots", "toy_plots", "time_plots", "findings", "path_plots", "landscape_findings", "grid_plots"),
     ("train", "checkpoints", "sharding", "monitor", "edges", "program_cache", "landscape"),
     ("optim", "problems", "schedules"),
     ("curvature",),

@@ -74,8 +74,9 @@ class Sweep(BaseModel):
 class Landscape(BaseModel):
   """After the sweep, each run's loss landscape (`optlab_jax.landscape_runs`): a `grid` × `grid`
   slice along the trajectory's principal directions (padded by `pad` × its extent), a 1-D slice,
-  the interpolation from init, the SLQ spectrum, and a Bézier curve between a point's first two seeds
-  trained for `connect_steps` (0: none) by `connect_optimizer` at `connect_learning_rate`."""
+  the interpolation from init, the SLQ spectrum, and a Bézier curve between each pair of a point's
+  seeds (1st-2nd, 3rd-4th, ...) trained for `connect_steps` (0: none) by `connect_optimizer` at
+  `connect_learning_rate`."""
 
   model_config = STRICT
   grid: Annotated[int, Field(ge=3)] = 41
