@@ -120,13 +120,17 @@ def best_decay(grid: Grid, within: float = 1.5) -> list[dict[str, float]]:
   good region (`best_index`): `slope` ≈ 0 when the best y does not depend on x (separable), ≈ −1
   when x·y is what matters (diagonal); `intercept`; `columns`, how many columns were fitted;
   `at_edge`, the share of them whose best is the grid's first or last y (the slope is then a
-  bound). For a decay multiplied by the learning rate (our `adamw`) the slope of the paper's
-  λ = lr · weight_decay is this slope + 1.
+  bound); NaN slope where one column is all the good region holds. For a decay multiplied by the
+  learning rate (our `adamw`) the slope of the paper's λ = lr · weight_decay is this slope + 1.
 
   References: Loshchilov & Hutter, 2019 (arXiv:1711.05101), figure 2.
   """
   out = []
   for row, keep in zip(*best_index(grid, within)):
+    if np.sum(keep) < 2:  # one learning rate: no line
+      out.append({"slope": float("nan"), "intercept": float("nan"), "columns": float(np.sum(keep)),
+                  "at_edge": float(np.isin(row[keep], [0, len(grid.y) - 1]).mean())})
+      continue
     slope, intercept = np.polyfit(np.log10(grid.x[keep]), np.log10(grid.y[row[keep]]), 1)
     edge = np.isin(row[keep], [0, len(grid.y) - 1])
     out.append({"slope": float(slope), "intercept": float(intercept), "columns": float(np.sum(keep)),

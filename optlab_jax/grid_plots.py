@@ -5,7 +5,7 @@ two swept float hyperparameters; `figure` draws a panel per optimizer: the media
 colour map on log–log axes, the best weight decay of each learning rate marked and the fitted line
 of `findings.best_decay` through them. `stability_figure` draws the largest stable learning rate
 of a learning-rate × `tau` sweep of `optim.delayed` against τ. `plot_directory` (called by
-`optlab plot`) writes whichever of the two the sweep is.
+`optlab plot`) writes whichever the sweep is.
 """
 
 from __future__ import annotations
@@ -25,10 +25,17 @@ _MIN_AXIS = 3  # values per axis below which a grid is no heat map
 _CLIP = 4.0  # colours span the best value to this factor above it: the good region stays legible
 
 
+def _final(final: dict, metric: str) -> float:
+  """A run's final `metric`; "test_error" is 1 − test_accuracy (the paper's heat maps show error)."""
+  if metric == "test_error":
+    return 1.0 - final.get("test_accuracy", np.nan)
+  return final.get(metric, np.nan)
+
+
 def grids(directory: str | Path, metric: str = "test_loss", x: str = "learning_rate",
           y: str = "weight_decay") -> dict[str, findings.Grid]:
-  """Optimizer name -> its `Grid` of the final `metric` over optimizer hyperparameters `x` × `y`
-  (NaN where a run diverged, is not finite or is missing)."""
+  """Optimizer name -> its `Grid` of the final `metric` (or "test_error") over optimizer
+  hyperparameters `x` × `y` (NaN where a run diverged, is not finite or is missing)."""
   records = [r for r in results.load_records(directory) if isinstance(r["config"]["optimizer"].get(x), float)
              and isinstance(r["config"]["optimizer"].get(y), float)]
   out = {}
@@ -41,7 +48,7 @@ def grids(directory: str | Path, metric: str = "test_loss", x: str = "learning_r
     for r in mine:
       if r["status"] == "ok":
         values[seeds.index(r["config"]["seed"]), np.searchsorted(ys, r["config"]["optimizer"][y]),
-               np.searchsorted(xs, r["config"]["optimizer"][x])] = r["final"].get(metric, np.nan)
+               np.searchsorted(xs, r["config"]["optimizer"][x])] = _final(r["final"], metric)
     values[~np.isfinite(values)] = np.nan
     out[name] = findings.Grid(xs, ys, values)
   return out
@@ -79,16 +86,19 @@ def figure(found: dict[str, findings.Grid], metric: str = "test_loss", problem: 
 
 
 def plot_directory(directory: str | Path, out: str | Path | None = None) -> list[Path]:
-  """Writes `heatmap_test_loss.png` for a learning-rate × weight-decay sweep and
+  """Writes `heatmap_test_loss.png` and `heatmap_test_error.png` for a learning-rate × weight-decay
+  sweep and
   `stable_lr_vs_tau.png` for a learning-rate × tau sweep of `delayed`, under `out` (default:
   `directory`); nothing for any other sweep."""
   out = Path(directory if out is None else out)
   records = results.load_records(directory)
   paths = []
-  found = {k: g for k, g in grids(directory).items() if len(g.x) >= _MIN_AXIS and len(g.y) >= _MIN_AXIS}
-  if found:
-    paths.append(out / "heatmap_test_loss.png")
-    figure(found, problem=records[0]["config"]["problem"]["name"]).savefig(paths[-1], dpi=90)
+  for metric in ("test_loss", "test_error"):
+    found = {k: g for k, g in grids(directory, metric).items()
+             if len(g.x) >= _MIN_AXIS and len(g.y) >= _MIN_AXIS and np.isfinite(g.values).any()}
+    if found:
+      paths.append(out / f"heatmap_{metric}.png")
+      figure(found, metric, records[0]["config"]["problem"]["name"]).savefig(paths[-1], dpi=90)
   if len({r["config"]["optimizer"].get("tau") for r in records if r["config"]["optimizer"]["name"] == "delayed"}) >= 2:
     paths.append(out / "stable_lr_vs_tau.png")
     stability_figure(directory).savefig(paths[-1], dpi=90)

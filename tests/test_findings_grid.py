@@ -92,7 +92,7 @@ def test_grids_reads_each_optimizers_seeds_onto_the_grid(tmp_path):
     for i, wd in enumerate(DECAYS[:3]):
       for j, lr in enumerate(LRS[:3]):
         status = "diverged" if (s, i, j) == (1, 2, 1) else "ok"
-        lines.append({"status": status, "final": {"test_loss": truth["adamw"][s, i, j]},
+        lines.append({"status": status, "final": {"test_loss": truth["adamw"][s, i, j], "test_accuracy": 0.25 * s},
                       "config": {"seed": s, "problem": {"name": "digits_mlp"},
                                  "optimizer": {"name": "adamw", "learning_rate": lr, "weight_decay": wd}}})
   (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(line) for line in lines[::-1]))
@@ -102,7 +102,9 @@ def test_grids_reads_each_optimizers_seeds_onto_the_grid(tmp_path):
   expected = truth["adamw"].copy()
   expected[1, 2, 1] = np.nan
   np.testing.assert_array_equal(grid.values, expected)
-  assert [p.name for p in grid_plots.plot_directory(tmp_path)] == ["heatmap_test_loss.png"]
+  error = grid_plots.grids(tmp_path, "test_error")["adamw"].values
+  np.testing.assert_array_equal(error, np.where(np.isnan(expected), np.nan, [[[1.0]], [[0.75]]]))
+  assert [p.name for p in grid_plots.plot_directory(tmp_path)] == ["heatmap_test_loss.png", "heatmap_test_error.png"]
 
 
 @pytest.mark.parametrize("tau", range(9))
