@@ -25,23 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from optlab_jax import config, curvature, landscape, landscape_plots, optim, results, sweep, train
+from optlab_jax import config, curvature, landscape, landscape_plots, results, sweep
 
 EXACT_MAX_PARAMS = 2000
-
-
-def _fit(problem, cfg: dict, **kwargs: Any) -> train.History:
-  """The run `cfg` trained again (the same seed gives the same run), with `train.fit`'s `kwargs`."""
-  t = cfg["train"]
-  tx = optim.get(cfg["optimizer"]["name"])(**config.optimizer_kwargs(cfg["optimizer"]))
-  return train.fit(problem, tx, steps=t["steps"], batch_size=None if t["batch_size"] == "full" else t["batch_size"],
-                   seed=cfg["seed"], loop=t["loop"], **kwargs)
 
 
 def _trajectory(problem, cfg: dict, record_every: int) -> tuple[Any, Any, Any]:
   """(init params, final params, the trajectory stacked along axis 0) of the run `cfg`."""
   record = jax.jit(lambda params, *rest: {"params": ravel_pytree(params)[0]})
-  history = _fit(problem, cfg, monitor=record, monitor_every=record_every)
+  history = sweep.refit(cfg, problem, monitor=record, monitor_every=record_every)
   init = problem.init_params(jax.random.split(jax.random.key(cfg["seed"]))[0])
   flat, unravel = ravel_pytree(init)
   snapshots = np.concatenate([np.asarray(flat)[None], history.monitor["params"]])
@@ -107,7 +99,7 @@ def run(experiment: config.Experiment, out: str | Path, echo: Callable[[str], No
       cfg, label = r.config, f"{sweep.label(r)} seed {r.config['seed']}"
       if path.exists():
         if paired(i) and i % 2 == 0 and not paths[i + 1].exists():  # one end of a connection to rebuild
-          solutions[i] = _fit(config.build_problem(cfg["problem"]), cfg).params
+          solutions[i] = sweep.refit(cfg).params
         continue
       problem = config.build_problem(cfg["problem"])
       final, arrays = analyse(problem, cfg, spec)

@@ -34,9 +34,10 @@ EXPLICIT_FAILS = {
     "soap": "a select between a sharded and a replicated eigenbasis",
     "sm3": "its packed accumulators concatenate differently sharded vectors",
 }
-# One optimizer per kind; every random one (Hutchinson probes, sampled labels, K-FAC, SAM).
-TRAJECTORY_DEFAULT = ("adam", "adahessian", "natural_gradient", "kfac", "psgd_kron", "newton_cg", "lbfgs_b",
-                      "lookahead")
+# The random ones (Hutchinson probes, sampled labels, K-FAC's) and a plain one; the rest (psgd_kron,
+# newton_cg, lbfgs_b, lookahead and every other registry optimizer) under -m slow, to keep the suite
+# in its 15 minutes: the state rule they rely on is checked leaf by leaf below, lbfgs_b's memory too.
+TRAJECTORY_DEFAULT = ("adam", "adahessian", "natural_gradient", "kfac")
 
 PRELUDE = textwrap.dedent("""
     import inspect, json, resource, sys, traceback
@@ -122,7 +123,7 @@ DEFAULT = PRELUDE + EXPLICIT + textwrap.dedent("""
     names = sys.argv[1].split(",")
     out = {"explicit": {n: guarded(explicit, n) for n in optim.names()}}
     out["trajectory"] = {n: guarded(trajectories, n) for n in names}
-    out["trajectory32"] = {n: guarded(trajectories, n, "float32") for n in ("adam", "natural_gradient")}
+    out["trajectory32"] = {n: guarded(trajectories, n, "float32") for n in ("natural_gradient",)}
     pb = problem("float64")
 
     def specs(name):
@@ -217,7 +218,7 @@ def test_fit_on_meshes_equals_one_device(name):
   _assert_equal_to_one_device(_ok(default_results()["trajectory"][name]), 1e-10)
 
 
-@pytest.mark.parametrize("name", ["adam", "natural_gradient"])
+@pytest.mark.parametrize("name", ["natural_gradient"])
 def test_fit_on_meshes_equals_one_device_float32(name):
   _assert_equal_to_one_device(_ok(default_results()["trajectory32"][name]), 1e-5)
 
