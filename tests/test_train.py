@@ -239,7 +239,7 @@ def test_bad_arguments_raise_value_errors():
 _CACHED_RUN = """
 import sys, jax, numpy as np, optax
 from optlab_jax import problems, train
-train.use_compilation_cache(sys.argv[1])
+train.use_compilation_cache(sys.argv[1], min_compile_secs=0.0)  # these tiny programs compile in < 0.1 s
 hits = []
 jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event) if event.endswith("cache_hits") else None)
 history = train.fit(problems.build("quadratic", dim=3), optax.sgd(0.1), steps=4, eval_every=2)
