@@ -61,16 +61,19 @@ def digits_mlp(
     activation: models.Activation = "relu",
     classes: tuple[int, ...] | None = None,
     loss: classification.Loss = "cross_entropy",
+    norm: models.Norm = "none",
     dtype: Dtype = "float32",
 ) -> Problem:
   """Digits classified by an MLP 64 → hidden → C (softmax cross-entropy, or `loss="mse"` on one-hot
-  targets); `classes` keeps a subset of the ten digits (C = len(classes); default all)."""
+  targets); `classes` keeps a subset of the ten digits (C = len(classes); default all); `norm="layer"`
+  puts a LayerNorm before each hidden activation (`models.MLP`)."""
   for width in hidden:
     checks.check_positive_int("hidden", width)
+  checks.check_choice("norm", norm, models.NORMS)
   train, test = _splits(dtype, (64,), classes, loss)
   sizes = (64, *hidden, classification.check_classes(classes, NUM_CLASSES))
   init_params, model_fn = models.functional(
-      lambda rngs: models.MLP(sizes, activation, dtype=dtype, rngs=rngs)
+      lambda rngs: models.MLP(sizes, activation, dtype=dtype, rngs=rngs, norm=norm)
   )
   return supervised_problem("digits_mlp", init_params, model_fn, train, test, classification.LIKELIHOODS[loss],
                             one_hot=loss == "mse")

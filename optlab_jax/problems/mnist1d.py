@@ -65,16 +65,18 @@ def mnist1d_mlp(
     data_seed: int = 42,
     classes: tuple[int, ...] | None = None,
     loss: classification.Loss = "cross_entropy",
+    norm: models.Norm = "none",
     dtype: Dtype = "float32",
 ) -> Problem:
   """MNIST-1D classified by an MLP 40 → hidden → C (the paper's: two ReLU layers of 100;
-  `hidden=[]` is its logistic-regression baseline); `classes` and `loss` as for digits_mlp."""
+  `hidden=[]` is its logistic-regression baseline); `classes`, `loss` and `norm` as for digits_mlp."""
   for width in hidden:
     checks.check_positive_int("hidden", width)
+  checks.check_choice("norm", norm, models.NORMS)
   train, test = _splits(data_seed, dtype, (LENGTH,), classes, loss)
   sizes = (LENGTH, *hidden, classification.check_classes(classes, NUM_CLASSES))
   init_params, model_fn = models.functional(
-      lambda rngs: models.MLP(sizes, activation, dtype=dtype, rngs=rngs)
+      lambda rngs: models.MLP(sizes, activation, dtype=dtype, rngs=rngs, norm=norm)
   )
   return supervised_problem("mnist1d_mlp", init_params, model_fn, train, test, classification.LIKELIHOODS[loss],
                             one_hot=loss == "mse")

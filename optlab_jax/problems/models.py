@@ -21,19 +21,31 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-class MLP(nnx.Module):
-  """Dense layers `sizes[0] → sizes[1] → … → sizes[-1]`, the activation between them."""
+Norm = Literal["none", "layer"]
+NORMS = ("none", "layer")
 
-  def __init__(self, sizes: Sequence[int], activation: Activation, *, dtype: Any, rngs: nnx.Rngs):
+
+class MLP(nnx.Module):
+  """Dense layers `sizes[0] → sizes[1] → … → sizes[-1]`, the activation between them.
+
+  `norm="layer"` puts a LayerNorm (learned scale and shift, ε = 1e-6) between each hidden layer's
+  dense map and its activation: h = act(γ ⊙ (z − mean(z)) / sqrt(var(z) + ε) + β), z = W x + b.
+
+  References: Ba et al., 2016, Layer normalization (arXiv:1607.06450).
+  """
+
+  def __init__(self, sizes: Sequence[int], activation: Activation, *, dtype: Any, rngs: nnx.Rngs,
+               norm: Norm = "none"):
     self.activation = ACTIVATIONS[activation]
-    self.layers = nnx.List([
-        nnx.Linear(n_in, n_out, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        for n_in, n_out in zip(sizes[:-1], sizes[1:])
-    ])
+    kw = dict(dtype=dtype, param_dtype=dtype, rngs=rngs)
+    self.layers = nnx.List([nnx.Linear(n_in, n_out, **kw) for n_in, n_out in zip(sizes[:-1], sizes[1:])])
+    # None, not an empty list, without norms: the params keep the tree they had before the option.
+    self.norms = nnx.List([nnx.LayerNorm(n, **kw) for n in sizes[1:-1]]) if norm == "layer" else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    for layer in self.layers[:-1]:
-      x = self.activation(layer(x))
+    for i, layer in enumerate(self.layers[:-1]):
+      x = layer(x)
+      x = self.activation(x if self.norms is None else self.norms[i](x))
     return self.layers[-1](x)
 
 
