@@ -156,3 +156,20 @@ def largest_stable_lr(directory: str | Path, axis: str = "tau") -> dict[Any, lis
     seeds.setdefault(record["config"]["seed"], []).append(optimizer["learning_rate"] if ok else -np.inf)
   return {value: [max(lrs) if max(lrs) > 0 else float("nan") for _, lrs in sorted(seeds.items())]
           for value, seeds in sorted(stable.items())}
+
+
+def sharpness_and_outliers(run: Arrays, *, fraction: float = 1 / 3) -> dict[str, float]:
+  """How sharp training ran and how far the top of the final Hessian spectrum stands out: `lambda_max`,
+  the mean of `monitor.lambda_max` over the last `fraction` of training; `peak`, its maximum over the
+  run; and `outlier_ratio`, the last λ_max over the spectrum's root-mean-square eigenvalue
+  sqrt(tr(H²)/n) from the last SLQ quadrature (`monitor.spectral_density`, probes averaged): 1 when
+  every eigenvalue has λ_max's size, sqrt(n/k) for k equal outliers above a bulk at 0.
+
+  References: Santurkar et al., 2018 (arXiv:1805.11604), figure 4; Ghorbani et al., 2019
+  (arXiv:1901.10159), section 4 (batch normalisation removes the outliers).
+  """
+  steps, values = np.asarray(run["monitor_step"]), np.asarray(run["monitor.lambda_max"], np.float64)
+  nodes, weights = np.asarray(run["monitor.spectral_density"][-1], np.float64)
+  rms = np.sqrt(np.mean(np.sum(weights * nodes**2, axis=-1)))
+  return {"lambda_max": float(np.mean(tail(steps, values, fraction))), "peak": float(np.max(values)),
+          "outlier_ratio": float(values[-1] / rms)}
