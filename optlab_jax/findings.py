@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 
 from optlab_jax import results
@@ -156,6 +157,40 @@ def largest_stable_lr(directory: str | Path, axis: str = "tau") -> dict[Any, lis
     seeds.setdefault(record["config"]["seed"], []).append(optimizer["learning_rate"] if ok else -np.inf)
   return {value: [max(lrs) if max(lrs) > 0 else float("nan") for _, lrs in sorted(seeds.items())]
           for value, seeds in sorted(stable.items())}
+
+
+# The embedding tables of `embedding_regression` and the column of x that indexes each.
+_TABLES = (("users", 0), ("items", 1))
+
+
+def idle_rows(params: Any, grads: Any, updates: Any, opt_state: Any, batch: Any, step: Any) -> dict[str, Any]:
+  """A `train.fit` monitor for `embedding_regression`: `idle_rows`, the table rows this step's batch
+  does not index (read off batch x, not the gradient), and `idle_rows_moved`, how many of them the
+  update still changed (LazyAdam: 0; Adam moves every row with momentum left from earlier batches).
+
+  References: TensorFlow Addons, `tfa.optimizers.LazyAdam`; Kingma & Ba, 2015 (arXiv:1412.6980).
+  """
+  idle = moved = 0
+  for name, column in _TABLES:
+    used = jnp.zeros(params[name].shape[0], bool).at[batch["x"][:, column]].set(True)
+    changed = jnp.any(updates[name] != 0, axis=1)
+    idle, moved = idle + jnp.sum(~used), moved + jnp.sum(~used & changed)
+  return {"idle_rows": idle, "idle_rows_moved": moved}
+
+
+def frozen_rows(initial: Any, final: Any, train_x: np.ndarray) -> dict[str, float]:
+  """Of the table rows absent from the training pairs `train_x` (never in any batch), `unseen` the
+  count and `unseen_frozen` the share bit-identical at the end to `initial`; `seen_frozen` the same
+  share for the rows that are in the data (≈ 0: they trained)."""
+  unseen = frozen_unseen = seen = frozen_seen = 0
+  for name, column in _TABLES:
+    same = np.all(np.asarray(initial[name]) == np.asarray(final[name]), axis=1)
+    present = np.zeros(len(same), bool)
+    present[np.asarray(train_x)[:, column]] = True
+    unseen, frozen_unseen = unseen + np.sum(~present), frozen_unseen + np.sum(same & ~present)
+    seen, frozen_seen = seen + np.sum(present), frozen_seen + np.sum(same & present)
+  return {"unseen": float(unseen), "unseen_frozen": float(frozen_unseen / max(unseen, 1)),
+          "seen_frozen": float(frozen_seen / max(seen, 1))}
 
 
 def sharpness_and_outliers(run: Arrays, *, fraction: float = 1 / 3) -> dict[str, float]:
