@@ -41,7 +41,8 @@ def test_resolved_config_fills_the_factories_defaults(tmp_path):
   assert run.config == {
       "problem": {"name": "quadratic", **defaults(problems.get("quadratic"), dim=4)},
       "optimizer": {"name": "sgd", **defaults(optim.get("sgd"), learning_rate=0.1, momentum=0.9)},
-      "train": {"steps": 10, "batch_size": "full", "eval_every": 0, "loop": "auto"},
+      "train": {"steps": 10, "batch_size": "full", "eval_every": 0, "loop": "auto", "checkpoint_every": 0,
+                "mesh": None},
       "monitor": None,
       "seed": 0,
   }

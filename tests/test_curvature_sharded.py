@@ -41,8 +41,8 @@ SCRIPT = textwrap.dedent("""
     def run(params, v, x, y, loop):
       obj_fn = make_obj(x, y)
       hv = curvature.hvp(obj_fn, params, v)
-      lz = curvature.lanczos(curvature.hvp_fn(obj_fn, params), params, jax.random.key(1), 30, loop=loop)
-      eigs = curvature.lanczos_eigs(curvature.hvp_fn(obj_fn, params), params, jax.random.key(1), 30, k=3,
+      lz = curvature.lanczos(curvature.hvp_fn(obj_fn, params), params, jax.random.key(1), 12, loop=loop)
+      eigs = curvature.lanczos_eigs(curvature.hvp_fn(obj_fn, params), params, jax.random.key(1), 12, k=3,
                                     loop=loop)
       return hv, lz, eigs
 

@@ -120,6 +120,9 @@ def test_a_killed_worker_has_its_group_retried_and_recorded_once(cluster, experi
   _assert_same_runs(out, in_process)
 
 
+# -m slow (half the Ray tests' time): the driver's resume is sweep.run's own, which
+# test_cli's SIGKILL-mid-sweep test covers in-process; the killed-worker test covers Ray's retry.
+@pytest.mark.slow
 def test_a_killed_driver_resumes_losing_and_recomputing_nothing_recorded(cluster, experiment, in_process, tmp_path):
   out = tmp_path / "ray"
   env = os.environ | {"PYTHONPATH": str(ROOT), "JAX_ENABLE_X64": "1", "JAX_NUMPY_RANK_PROMOTION": "raise"}

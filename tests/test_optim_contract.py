@@ -25,6 +25,11 @@ from optlab_jax import optim
 from tests import optim_problems as P
 
 NAMES = optim.names()
+# Registry optimizers built from another registry optimizer (a box projection, clipping, a switch,
+# stale gradients): their contract cells run under -m slow (the base's own cells and each one's
+# test file, against optax's parts, cover the same code), but for the cheap argument checks.
+COMBINATORS = {"projected", "clipped", "switch", "delayed"}
+NAMES_SLOW_COMBINATORS = [pytest.param(n, marks=pytest.mark.slow) if n in COMBINATORS else n for n in NAMES]
 
 class Floor(NamedTuple):
   """A loss floor the optimizer cannot go below, computed from the problem: the final loss must lie
@@ -183,7 +188,8 @@ STALLS = {"mechanize": "Mechanic's coin-betting scale converges sublinearly, sho
 
 @pytest.mark.parametrize("problem_name", ["quadratic", "rosenbrock"])
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=STALLS[n]))
-                                  if n in STALLS else n for n in NAMES])
+                                  if n in STALLS else pytest.param(n, marks=pytest.mark.slow) if n in COMBINATORS
+                                  else n for n in NAMES])
 def test_converges(name, problem_name):
   lr, steps, tol, kwargs = tuning(name, problem_name)
   problem = getattr(P, problem_name)(jnp.float64)
@@ -196,7 +202,7 @@ def test_converges(name, problem_name):
     assert gap <= tol, f"{name} on {problem_name}: loss {gap:.3e} > {tol:.0e}"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES_SLOW_COMBINATORS)
 def test_jit_matches_eager_and_compiles_once(name):
   problem = P.quadratic(jnp.float32)
   tx = build(name, 1e-2, problem)
@@ -220,7 +226,7 @@ def test_jit_matches_eager_and_compiles_once(name):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES_SLOW_COMBINATORS)
 def test_state_structure_and_dtype_stable(name, dtype):
   problem = P.quadratic(dtype)
   tx = build(name, 1e-2, problem)
@@ -237,7 +243,7 @@ def test_state_structure_and_dtype_stable(name, dtype):
       assert leaf.dtype == dtype, f"state leaf of dtype {leaf.dtype} for {jnp.dtype(dtype)} params"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES_SLOW_COMBINATORS)
 def test_inject_hyperparams_every_numeric_hyperparameter(name):
   problem = P.quadratic(jnp.float32)
   hp = numeric_hyperparams(name)
@@ -288,7 +294,7 @@ def test_multisteps_applies_mean_gradient(name):
   chex.assert_trees_all_close(u2, expected, rtol=1e-10)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES_SLOW_COMBINATORS)
 def test_schedule_learning_rate(name):
   problem = P.quadratic(jnp.float64)
   const, _ = one_update(build(name, 0.03, problem), problem)
@@ -398,7 +404,7 @@ def test_bad_choices_raise_naming_argument(name):
       optim.get(name)(1e-2, **{key: "no_such_choice"})
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES_SLOW_COMBINATORS)
 def test_integer_leaf_untouched_and_empty_subtree(name):
   problem = P.quadratic(jnp.float32)
   tree = {"float": problem.params, "step": jnp.arange(3, dtype=jnp.int32), "empty": {}}

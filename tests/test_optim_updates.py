@@ -20,6 +20,7 @@ from jax.flatten_util import ravel_pytree
 
 from optlab_jax import optim
 from tests import optim_problems as P
+from tests.test_optim_contract import COMBINATORS
 from tests.test_optim_wrappers import MLP, THIN, data, extra_args, tuning
 
 NAMES = optim.names()
@@ -78,7 +79,7 @@ def run_scaled(tx, params, extra_fn, scales, clip=None):
   return trajectory
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in COMBINATORS else []) for n in NAMES])
 def test_gradient_clipping_before_the_optimizer(name):
   params, (extra_fn,) = problem()
   clip = 0.1 * float(optax.tree.norm(extra_fn(params)["grad"]))

@@ -59,7 +59,7 @@ def cross_entropy_reference(logits, labels):
 def test_names_and_registry_errors():
   assert problems.names() == [
       "char_transformer", "cubic", "deep_chain", "digits_cnn", "digits_mlp", "embedding_regression", "mnist1d_cnn",
-      "mnist1d_mlp",
+      "mnist1d_mlp", "online_linear",
       "pinn_burgers", "pinn_poisson", "plateau", "quadratic", "rosenbrock", "saddle", "tanh_vanishing",
       "teacher_student", "xcos",
   ]

@@ -16,7 +16,7 @@ script that prints its results as JSON; the tests assert on them:
 
 from __future__ import annotations
 
-import functools
+import fcntl
 import json
 import os
 import subprocess
@@ -28,6 +28,11 @@ import pytest
 from optlab_jax import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The 27 optimizers of the issue (the rest: -m slow) get optax's sharding checks in the default run.
+EXPLICIT_DEFAULT = ("sgd", "adagrad", "adadelta", "rmsprop", "adam", "amsgrad", "adamw", "adam_l2", "nadam", "radam",
+                    "lars", "lamb", "novograd", "lookahead", "ranger", "lazy_adam", "adahessian", "sophia_h",
+                    "sophia_g", "newton_cg", "sam", "asam", "gauss_newton", "natural_gradient", "kfac", "lbfgs",
+                    "lbfgs_b")
 # Known failures under sharding-in-types, kept visible (strict): their own code, not optax's.
 EXPLICIT_FAILS = {
     "shampoo": "kronecker.factor_statistics contracts a sharded axis without an out_sharding",
@@ -68,12 +73,12 @@ PRELUDE = textwrap.dedent("""
 
     MESHES = {"2x4": {"data": 2, "model": 4, "min_shard_bytes": 0}, "8x1": {"data": 8}}
 
-    def trajectories(name, dtype="float64"):
+    def trajectories(name, dtype="float64", meshes=MESHES):
       pb = problem(dtype)
       tx = build(name, pb)
       one = train.fit(pb, tx, steps=10, batch_size=16, mesh={"data": 1})
       out = {}
-      for key, mesh in MESHES.items():
+      for key, mesh in meshes.items():
         h = train.fit(pb, tx, steps=10, batch_size=16, mesh=mesh)
         out[key] = {"params": rel(h.params, one.params), "loss": rel(h.loss, one.loss),
                     "finite": bool(np.isfinite(one.loss).all())}
@@ -121,9 +126,11 @@ DEFAULT = PRELUDE + EXPLICIT + textwrap.dedent("""
     from jax.sharding import NamedSharding, PartitionSpec as P
     from optlab_jax import monitor as monitors, sharding
     names = sys.argv[1].split(",")
-    out = {"explicit": {n: guarded(explicit, n) for n in optim.names()}}
-    out["trajectory"] = {n: guarded(trajectories, n) for n in names}
-    out["trajectory32"] = {n: guarded(trajectories, n, "float32") for n in ("natural_gradient",)}
+    out = {"explicit": {n: guarded(explicit, n) for n in sys.argv[2].split(",")}}
+    # adam on both meshes; the others on 2x4 (data and model sharded at once): 8x1 under -m slow.
+    out["trajectory"] = {n: guarded(trajectories, n, "float64", MESHES if n == "adam" else {"2x4": MESHES["2x4"]})
+                         for n in names}
+    out["trajectory32"] = {n: guarded(trajectories, n, "float32", {"2x4": MESHES["2x4"]}) for n in ("natural_gradient",)}
     pb = problem("float64")
 
     def specs(name):
@@ -169,6 +176,9 @@ DEFAULT = PRELUDE + EXPLICIT + textwrap.dedent("""
 SLOW = PRELUDE + textwrap.dedent("""
     print(json.dumps({n: guarded(trajectories, n) for n in optim.names()}))
 """)
+SLOW_EXPLICIT = PRELUDE + EXPLICIT + textwrap.dedent("""
+    print(json.dumps({n: guarded(explicit, n) for n in sys.argv[1].split(",")}))
+""")
 
 
 def _run(script: str, *args: str) -> dict:
@@ -180,14 +190,20 @@ def _run(script: str, *args: str) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@functools.cache
-def _default_results() -> dict:
-  return _run(DEFAULT, ",".join(TRAJECTORY_DEFAULT))
-
-
-def default_results() -> dict:
-  """The default script's results, run once per session (a crash is cached too, and reported by each test)."""
-  out = _default_results()
+@pytest.fixture(scope="session")
+def default_results(tmp_path_factory, worker_id) -> dict:
+  """The default script's results, computed once per test session, by one xdist worker for all
+  (a file lock in the session's shared temp directory), a crash included, which each test reports."""
+  if worker_id == "master":
+    out = _run(DEFAULT, ",".join(TRAJECTORY_DEFAULT), ",".join(EXPLICIT_DEFAULT))
+  else:
+    root = tmp_path_factory.getbasetemp().parent
+    path = root / "sharding_default.json"
+    with open(root / "sharding_default.lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not path.exists():
+        path.write_text(json.dumps(_run(DEFAULT, ",".join(TRAJECTORY_DEFAULT), ",".join(EXPLICIT_DEFAULT))))
+    out = json.loads(path.read_text())
   assert "crashed" not in out, out.get("crashed")
   return out
 
@@ -197,10 +213,23 @@ def _ok(result):
   return result
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=EXPLICIT_FAILS[n]))
-                                  if n in EXPLICIT_FAILS else n for n in optim.names()])
-def test_optax_sharding_checks_with_explicit_mesh(name):
-  res = _ok(default_results()["explicit"][name])
+@pytest.fixture(scope="session")
+def slow_explicit_results() -> dict:
+  out = _run(SLOW_EXPLICIT, ",".join(n for n in optim.names() if n not in EXPLICIT_DEFAULT))
+  assert "crashed" not in out, out.get("crashed")
+  return out
+
+
+def _explicit_marks(name: str) -> list:
+  marks = [] if name in EXPLICIT_DEFAULT else [pytest.mark.slow]
+  return marks + ([pytest.mark.xfail(strict=True, reason=EXPLICIT_FAILS[name])] if name in EXPLICIT_FAILS else [])
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_explicit_marks(n)) for n in optim.names()])
+def test_optax_sharding_checks_with_explicit_mesh(request, name):
+  source = "default_results" if name in EXPLICIT_DEFAULT else "slow_explicit_results"
+  found = request.getfixturevalue(source)
+  res = _ok(found["explicit"][name] if source == "default_results" else found[name])
   assert res["abstract_init"] is True, res
   assert "error" not in res, res["error"]
   assert res["update_types"] and res["jit_init_types"] and res["jit_update_types"], res
@@ -214,13 +243,13 @@ def _assert_equal_to_one_device(out: dict, tol: float) -> None:
 
 
 @pytest.mark.parametrize("name", TRAJECTORY_DEFAULT)
-def test_fit_on_meshes_equals_one_device(name):
-  _assert_equal_to_one_device(_ok(default_results()["trajectory"][name]), 1e-10)
+def test_fit_on_meshes_equals_one_device(default_results, name):
+  _assert_equal_to_one_device(_ok(default_results["trajectory"][name]), 1e-10)
 
 
 @pytest.mark.parametrize("name", ["natural_gradient"])
-def test_fit_on_meshes_equals_one_device_float32(name):
-  _assert_equal_to_one_device(_ok(default_results()["trajectory32"][name]), 1e-5)
+def test_fit_on_meshes_equals_one_device_float32(default_results, name):
+  _assert_equal_to_one_device(_ok(default_results["trajectory32"][name]), 1e-5)
 
 
 # By hand: the 2x4 rule with min_shard_bytes=0 shards each leaf along its largest axis that 4 divides.
@@ -238,8 +267,8 @@ def _expected(path: str, shape: list, dtype: str) -> list:
 
 
 @pytest.mark.parametrize("name", ["adam", "lbfgs_b", "adahessian"])
-def test_params_and_state_shardings_leaf_by_leaf(name):
-  rows = _ok(default_results()["specs"][name])
+def test_params_and_state_shardings_leaf_by_leaf(default_results, name):
+  rows = _ok(default_results["specs"][name])
   sharded = 0
   for path, shape, dtype, spec, devices in rows:
     assert devices == 8, path
@@ -249,15 +278,15 @@ def test_params_and_state_shardings_leaf_by_leaf(name):
   assert sharded >= 8   # the params and at least one params-shaped tree of state
 
 
-def test_monitor_lambda_max_and_trace_equal_one_device():
-  out = _ok(default_results()["monitor"])
+def test_monitor_lambda_max_and_trace_equal_one_device(default_results):
+  out = _ok(default_results["monitor"])
   for mesh in ("2x4", "8x1"):
     assert out[mesh]["lambda_max"] < 1e-10 and out[mesh]["trace"] < 1e-10, (mesh, out[mesh])
   assert min(out["values"]["lambda_max"]) > 0
 
 
-def test_batch_that_does_not_divide_over_data_is_a_clear_error():
-  errors = _ok(default_results()["errors"])
+def test_batch_that_does_not_divide_over_data_is_a_clear_error(default_results):
+  errors = _ok(default_results["errors"])
   assert errors["batch"] is not None and "12 examples does not divide" in errors["batch"] and "data=8" in errors["batch"]
   assert errors["devices"] is not None and "needs 16 devices" in errors["devices"]
   assert errors["default_undivided_ran"]

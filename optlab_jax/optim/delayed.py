@@ -36,8 +36,7 @@ def delay_gradients(tau: int | None = None) -> optax.GradientTransformationExtra
   tau = base_lib.static_int("tau", tau, 1)
 
   def init_fn(params):
-    return DelayState(jax.tree.map(lambda p: jnp.zeros((tau,) + p.shape, p.dtype), params),
-                      jnp.zeros([], jnp.int32))
+    return DelayState(base_lib.stacked_zeros(tau, params), jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
     del params
