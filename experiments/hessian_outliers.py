@@ -14,15 +14,13 @@ over its seeds; `--figure` writes the top eigenvalues of every point's first see
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import jax
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 from matplotlib.figure import Figure
 
+import claim_runs  # experiments/claim_runs.py, beside this script
 from optlab_jax import config, curvature, findings, landscape_plots, results, sweep
 
 
@@ -74,17 +72,12 @@ def figure(tops: dict[str, tuple[np.ndarray, np.ndarray, int]]) -> Figure:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("config")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-  parser.add_argument("--out", help="results directory (default: runs/<config stem>)")
+  parser = claim_runs.parser(__doc__)
   parser.add_argument("--top", type=int, default=25, help="top eigenvalues computed (more than C)")
   parser.add_argument("--iters", type=int, default=60, help="Lanczos steps")
   parser.add_argument("--figure", help="PNG path of the top-eigenvalue figure")
   args = parser.parse_args(argv)
-  experiment = config.load(args.config, args.set)
-  out = args.out or str(Path("runs") / Path(args.config).stem)
-  print(results.table(sweep.run(experiment, out, progress=False)))
+  experiment, out = claim_runs.run_sweep(args)
   rows, tops = {}, {}
   for run in experiment.runs:
     label = sweep.label(run)

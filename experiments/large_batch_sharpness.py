@@ -14,14 +14,12 @@ sharp minima (arXiv:1609.04836).
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from optlab_jax import config, curvature, findings, results, sweep
+import claim_runs  # experiments/claim_runs.py, beside this script
+from optlab_jax import config, curvature, findings, sweep
 
 
 def analyse(run: config.Run, iters: int, probes: int) -> dict[str, float]:
@@ -54,17 +52,12 @@ def figure(batch_sizes: list[int], rows: list[list[dict]]) -> Figure:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("config")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-  parser.add_argument("--out", help="results directory (default: runs/<config stem>)")
+  parser = claim_runs.parser(__doc__)
   parser.add_argument("--iters", type=int, default=30, help="Lanczos steps for λ_max")
   parser.add_argument("--probes", type=int, default=30, help="Hutchinson probes for the trace")
   parser.add_argument("--figure", help="PNG path of the sharpness-against-batch-size figure")
   args = parser.parse_args(argv)
-  experiment = config.load(args.config, args.set)
-  out = args.out or str(Path("runs") / Path(args.config).stem)
-  print(results.table(sweep.run(experiment, out, progress=False)))
+  experiment, out = claim_runs.run_sweep(args)
   rows: dict[str, list] = {}
   batch_sizes: dict[str, int] = {}
   for run in experiment.runs:

@@ -15,14 +15,13 @@ References: Kingma & Ba, 2015, Adam (arXiv:1412.6980); TensorFlow Addons, `tfa.o
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from optlab_jax import config, findings, optim, results, sweep, train
+import claim_runs  # experiments/claim_runs.py, beside this script
+from optlab_jax import config, findings, optim, sweep, train
 
 
 def analyse(run: config.Run, every: int) -> dict:
@@ -62,16 +61,11 @@ def figure(rows: dict[str, list[dict]]) -> Figure:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("config")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-  parser.add_argument("--out", help="results directory (default: runs/<config stem>)")
+  parser = claim_runs.parser(__doc__)
   parser.add_argument("--every", type=int, default=100, help="monitor the idle rows every this many steps")
   parser.add_argument("--figure", help="PNG path of the test-loss and moved-rows figure")
   args = parser.parse_args(argv)
-  experiment = config.load(args.config, args.set)
-  out = args.out or str(Path("runs") / Path(args.config).stem)
-  print(results.table(sweep.run(experiment, out, progress=False)))
+  experiment, out = claim_runs.run_sweep(args)
   rows: dict[str, list[dict]] = {}
   settings: dict[str, dict[str, str]] = {}  # problem config -> optimizer name -> point label
   for run in experiment.runs:
