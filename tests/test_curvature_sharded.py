@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import json
     import jax
@@ -67,6 +69,9 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+# -m slow: tests/test_sharding.py's default run covers the same code through train.fit on 2x4 and
+# 8x1 meshes (the monitor's Lanczos λ_max and Hutchinson trace equal one device's to 1e-10).
+@pytest.mark.slow
 def test_sharded_hvp_and_lanczos_equal_single_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

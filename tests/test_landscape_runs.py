@@ -61,6 +61,7 @@ def test_the_connection_is_in_the_second_seeds_file_and_a_rerun_recomputes_nothi
   assert "PCA explains" not in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the rerun test above covers the resume path; this one retrains seed 0
 def test_a_lost_second_file_is_rebuilt_with_its_connection(ran):
   """Resuming with seed 0's file kept: seed 0 is retrained only for its solution, and the new seed 1
   file equals the one it replaces (same runs, same connection)."""
