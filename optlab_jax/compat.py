@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from optax.tree_utils import _tree_math
 
-__all__ = ["fix_optax_tree_vdot", "sharding_safe_vdot"]
+__all__ = ["fix_optax_tree_vdot", "replicated", "sharded_like", "sharding_safe_vdot"]
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -31,6 +31,26 @@ def sharding_safe_vdot(a: jax.Array, b: jax.Array, precision=jax.lax.Precision.H
   mesh = jax.typeof(a).sharding.mesh
   replicated = jax.sharding.NamedSharding(mesh, jax.P()) if mesh.are_all_axes_explicit else None
   return jnp.tensordot(a, b, a.ndim, precision=precision, out_sharding=replicated)
+
+
+def replicated(x: jax.Array) -> jax.Array:
+  """`x` on every device when it is sharded over an explicit mesh axis; `x` itself otherwise.
+
+  For small per-leaf work (Kronecker blocks, SM3's per-axis accumulators) whose contractions or
+  concatenations of sharded axes have no sharding JAX could infer.
+  """
+  sharding = jax.typeof(x).sharding
+  if not sharding.mesh.explicit_axes or all(a is None for a in sharding.spec):
+    return x
+  return jax.sharding.reshard(x, jax.P())
+
+
+def sharded_like(x: jax.Array, reference: jax.Array) -> jax.Array:
+  """`x` resharded as `reference` (same shape) on an explicit mesh; `x` itself otherwise."""
+  sharding = jax.typeof(reference).sharding
+  if not sharding.mesh.explicit_axes or jax.typeof(x).sharding.spec == sharding.spec:
+    return x
+  return jax.sharding.reshard(x, sharding.spec)
 
 
 def fix_optax_tree_vdot() -> bool:

@@ -4,7 +4,7 @@ The mesh needs XLA_FLAGS set before jax is imported, so each check runs in ONE s
 script that prints its results as JSON; the tests assert on them:
   - optax's own sharding checks for every registry optimizer, params sharded over an explicit
     8-device axis: init from a ShapeDtypeStruct; state types (sharding included) equal after
-    init and update, eager and jitted;
+    init and update, eager and jitted; the update equal to one device's;
   - `train.fit` on a 2×4 (data×model) and an 8×1 mesh equals one device, 10 steps, for one
     optimizer of each kind, the random ones included (Hutchinson probes, sampled labels, K-FAC);
     every registry optimizer under -m slow;
@@ -16,7 +16,6 @@ script that prints its results as JSON; the tests assert on them:
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -28,17 +27,12 @@ import pytest
 from optlab_jax import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The 27 optimizers of the issue (the rest: -m slow) get optax's sharding checks in the default run.
+# The 27 optimizers of the issue and the Kronecker and packed ones (the rest: -m slow) get optax's
+# sharding checks in the default run.
 EXPLICIT_DEFAULT = ("sgd", "adagrad", "adadelta", "rmsprop", "adam", "amsgrad", "adamw", "adam_l2", "nadam", "radam",
                     "lars", "lamb", "novograd", "lookahead", "ranger", "lazy_adam", "adahessian", "sophia_h",
                     "sophia_g", "newton_cg", "sam", "asam", "gauss_newton", "natural_gradient", "kfac", "lbfgs",
-                    "lbfgs_b")
-# Known failures under sharding-in-types, kept visible (strict): their own code, not optax's.
-EXPLICIT_FAILS = {
-    "shampoo": "kronecker.factor_statistics contracts a sharded axis without an out_sharding",
-    "soap": "a select between a sharded and a replicated eigenbasis",
-    "sm3": "its packed accumulators concatenate differently sharded vectors",
-}
+                    "lbfgs_b", "shampoo", "soap", "sm3")
 # The random ones (Hutchinson probes, sampled labels, K-FAC's) and a plain one; the rest (psgd_kron,
 # newton_cg, lbfgs_b, lookahead and every other registry optimizer) under -m slow, to keep the suite
 # in its 15 minutes: the state rule they rely on is checked leaf by leaf below, lbfgs_b's memory too.
@@ -103,6 +97,8 @@ EXPLICIT = textwrap.dedent("""
         res["abstract_init"] = tx.init(jax.ShapeDtypeStruct((2, 8, 4), jnp.float32)) is not None
       except Exception as e:
         res["abstract_init"] = f"{type(e).__name__}: {e}"[:300]
+      plain = jnp.linspace(-1, 1, 64, dtype=jnp.float32).reshape(2, 8, 4)
+      one_device = tx.update(extra(plain)["grad"], tx.init(plain), plain, **extra(plain))[0]
       mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
       with jax.set_mesh(mesh):
         try:
@@ -110,8 +106,9 @@ EXPLICIT = textwrap.dedent("""
                                   NamedSharding(mesh, P(None, "x")))
           types = lambda t: jax.tree.map(lambda x: str(jax.typeof(x)), t)
           s0 = tx.init(params)
-          _, s1 = tx.update(extra(params)["grad"], s0, params, **extra(params))
+          u1, s1 = tx.update(extra(params)["grad"], s0, params, **extra(params))
           res["update_types"] = types(s0) == types(s1)
+          res["update_vs_one_device"] = rel(u1, one_device)
           # Every leaf shaped like the params is sharded like them (none gathered onto each device).
           res["unsharded_params_shaped"] = sum(t.endswith("[2,8,4]") for t in jax.tree.leaves(types(s1)))
           res["jit_init_types"] = types(jax.jit(tx.init)(params)) == types(s0)
@@ -190,20 +187,14 @@ def _run(script: str, *args: str) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# Every test of this module runs on one xdist worker (the suite's `--dist loadgroup`), so the
+# default script runs once per session; its crash is reported by each test.
+pytestmark = pytest.mark.xdist_group("sharding")
+
+
 @pytest.fixture(scope="session")
-def default_results(tmp_path_factory, worker_id) -> dict:
-  """The default script's results, computed once per test session, by one xdist worker for all
-  (a file lock in the session's shared temp directory), a crash included, which each test reports."""
-  if worker_id == "master":
-    out = _run(DEFAULT, ",".join(TRAJECTORY_DEFAULT), ",".join(EXPLICIT_DEFAULT))
-  else:
-    root = tmp_path_factory.getbasetemp().parent
-    path = root / "sharding_default.json"
-    with open(root / "sharding_default.lock", "w") as lock:
-      fcntl.flock(lock, fcntl.LOCK_EX)
-      if not path.exists():
-        path.write_text(json.dumps(_run(DEFAULT, ",".join(TRAJECTORY_DEFAULT), ",".join(EXPLICIT_DEFAULT))))
-    out = json.loads(path.read_text())
+def default_results() -> dict:
+  out = _run(DEFAULT, ",".join(TRAJECTORY_DEFAULT), ",".join(EXPLICIT_DEFAULT))
   assert "crashed" not in out, out.get("crashed")
   return out
 
@@ -221,8 +212,7 @@ def slow_explicit_results() -> dict:
 
 
 def _explicit_marks(name: str) -> list:
-  marks = [] if name in EXPLICIT_DEFAULT else [pytest.mark.slow]
-  return marks + ([pytest.mark.xfail(strict=True, reason=EXPLICIT_FAILS[name])] if name in EXPLICIT_FAILS else [])
+  return [] if name in EXPLICIT_DEFAULT else [pytest.mark.slow]
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=_explicit_marks(n)) for n in optim.names()])
@@ -234,6 +224,7 @@ def test_optax_sharding_checks_with_explicit_mesh(request, name):
   assert "error" not in res, res["error"]
   assert res["update_types"] and res["jit_init_types"] and res["jit_update_types"], res
   assert res["unsharded_params_shaped"] == 0, res
+  assert res["update_vs_one_device"] < 1e-6, res
 
 
 def _assert_equal_to_one_device(out: dict, tol: float) -> None:

@@ -9,6 +9,9 @@ block's factors and roots are one batched array: factor i of a block G is
 F_i = Σ_{other axes} G Gᵀ (for a matrix, L = G Gᵀ and R = Gᵀ G), of shape (N, b_i, b_i).
 Padded rows and columns of F_i are zero, so a matrix function of F_i + εI acts on the real
 block alone; eigenbases treat padded coordinates separately (`eigenbasis`, `power_qr_basis`).
+On an explicit mesh the blocks live on every device (the factors are small matrices; a sharded
+axis could not be contracted without choosing the result's sharding); `from_blocks` puts the
+direction back on its leaf's sharding.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optlab_jax import checks
+from optlab_jax import checks, compat
 
 __all__ = [
     "DEFAULT_MAX_PRECOND_DIM", "check_structural", "check_precond_dtype", "precond_dtype",
@@ -108,7 +111,8 @@ def is_preconditioned(x: Any, max_precond_dim: int | None, block_size: int | Non
 
 
 def to_blocks(x: jax.Array, block_size: int | None) -> jax.Array:
-  """(n_1, …, n_k) → (N, b_1, …, b_k), zero-padded blocks in row-major block order."""
+  """(n_1, …, n_k) → (N, b_1, …, b_k), zero-padded blocks in row-major block order, replicated."""
+  x = compat.replicated(x)
   dims = _block_dims(x.shape, block_size)
   counts = [-(-n // b) for n, b in zip(x.shape, dims)]
   x = jnp.pad(x, [(0, c * b - n) for n, b, c in zip(x.shape, dims, counts)])
@@ -118,15 +122,16 @@ def to_blocks(x: jax.Array, block_size: int | None) -> jax.Array:
   return x.reshape(-1, *dims)
 
 
-def from_blocks(blocks: jax.Array, shape: tuple[int, ...], block_size: int | None) -> jax.Array:
-  """Inverse of `to_blocks`: (N, b_1, …, b_k) → (n_1, …, n_k), padding dropped."""
+def from_blocks(blocks: jax.Array, leaf: jax.Array, block_size: int | None) -> jax.Array:
+  """Inverse of `to_blocks`: (N, b_1, …, b_k) → `leaf`'s shape (n_1, …, n_k) and sharding, padding dropped."""
+  shape = leaf.shape
   dims = _block_dims(shape, block_size)
   counts = [-(-n // b) for n, b in zip(shape, dims)]
   k = len(dims)
   x = blocks.reshape(*counts, *dims)
   x = x.transpose([v for i in range(k) for v in (i, k + i)])
   x = x.reshape([c * b for c, b in zip(counts, dims)])
-  return x[tuple(slice(0, n) for n in shape)]
+  return compat.sharded_like(x[tuple(slice(0, n) for n in shape)], leaf)
 
 
 def padding_masks(shape: tuple[int, ...], block_size: int | None) -> list[np.ndarray]:

@@ -121,7 +121,7 @@ def scale_by_shampoo(
       if graft != "none":
         reference = kronecker.to_blocks((a if graft == "adam" else m).astype(r[0].dtype), block_size)
         blocks = _graft(blocks, reference)
-      return kronecker.from_blocks(blocks, m.shape, block_size).astype(g.dtype)
+      return kronecker.from_blocks(blocks, m, block_size).astype(g.dtype)
 
     out = jax.tree.map(direction, updates, m_hat, adam_updates, roots)
     return out, ScaleByShampooState(adam_state, factors, roots)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optlab_jax import checks
+from optlab_jax import checks, compat
 from optlab_jax.optim import base
 from optlab_jax.optim.registry import register
 from optlab_jax.optim.wrapped import check_decays, check_nonnegatives, optax_alias
@@ -103,7 +103,9 @@ def _packed_sm3(inner: optax.GradientTransformation) -> optax.GradientTransforma
   """
 
   def pack(mu, params):
-    return jax.tree.map(lambda p, m: jnp.concatenate(m) if m else jnp.zeros(0, p.dtype), params, mu)
+    # Each axis' accumulator replicated: on an explicit mesh they come sharded over different axes.
+    return jax.tree.map(lambda p, m: jnp.concatenate([compat.replicated(v) for v in m]) if m else jnp.zeros(0, p.dtype),
+                        params, mu)
 
   def unpack(mu, params):
     return jax.tree.map(lambda p, m: list(jnp.split(m, np.cumsum(p.shape[:-1]))) if p.ndim else [], params, mu)

@@ -75,7 +75,7 @@ def scale_by_soap(
         lambda p: kronecker.init_factors(p, max_precond_dim, block_size, precond_dtype, eye), params)
     blocked = lambda p: jax.eval_shape(lambda x: kronecker.to_blocks(x, block_size), p).shape
     dtype = lambda p: kronecker.precond_dtype(precond_dtype, p.dtype) if preconditioned(p) else p.dtype
-    mu = jax.tree.map(lambda p: jnp.zeros(p.shape, dtype(p)), params)
+    mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype(p)), params)
     nu = jax.tree.map(lambda p: jnp.zeros(blocked(p) if preconditioned(p) else p.shape, dtype(p)), params)
     return ScaleBySoapState(jnp.zeros([], jnp.int32), mu, nu, init(False), init(True))
 
@@ -97,7 +97,7 @@ def scale_by_soap(
       v = (b2 * v + (1 - b2) * jnp.square(rotate(g, q))).astype(v.dtype)
       n = (rotate(m, q) / (1 - b1 ** steps)) / (jnp.sqrt(v / (1 - b2 ** steps)) + eps)
       if q:
-        n = kronecker.from_blocks(kronecker.apply_per_axis(n, q), g.shape, block_size)
+        n = kronecker.from_blocks(kronecker.apply_per_axis(n, q), g, block_size)
       return jnp.where(first, 0, n).astype(g.dtype), m, v
 
     stepped = jax.tree.map(leaf_step, updates, state.mu, state.nu, state.bases)
