@@ -46,11 +46,17 @@ def replicated(x: jax.Array) -> jax.Array:
 
 
 def sharded_like(x: jax.Array, reference: jax.Array) -> jax.Array:
-  """`x` resharded as `reference` (same shape) on an explicit mesh; `x` itself otherwise."""
+  """`x` resharded as `reference` on an explicit mesh; `x` itself otherwise.
+
+  `x` has `reference`'s shape, or extra leading axes (a stack of vectors), which stay unsharded.
+  """
   sharding = jax.typeof(reference).sharding
-  if not sharding.mesh.explicit_axes or jax.typeof(x).sharding.spec == sharding.spec:
+  if not sharding.mesh.explicit_axes:
     return x
-  return jax.sharding.reshard(x, sharding.spec)
+  spec = jax.P(*([None] * (jnp.ndim(x) - jnp.ndim(reference))), *sharding.spec)
+  if jax.typeof(x).sharding.spec == spec:
+    return x
+  return jax.sharding.reshard(x, spec)
 
 
 def fix_optax_tree_vdot() -> bool:

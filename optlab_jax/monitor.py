@@ -267,7 +267,8 @@ class Monitor:
     # Host path: matvecs are Partials of fixed functions with (params, batch) as leaves.
     hess = Partial(_hvp_at(self.loss_fn), params, batch) if _NEEDS_HESSIAN.intersection(self.metrics) else None
     ggn = Partial(_ggn_at(self.model_fn, self.output_loss_fn), params, batch) if self._spec.model_fn else None
-    if self._batched or resolve_loop(self.loop, hess if hess is not None else ggn, params) == "scan":
+    matvec = hess if hess is not None else ggn   # None: no Krylov loop (gradient_correlation alone)
+    if self._batched or matvec is None or resolve_loop(self.loop, matvec, params) == "scan":
       out = _shared(self._spec, self._batched)(params, grads, updates, batch, step)
       if _NEEDS_OPT_STATE.intersection(self.metrics):
         out |= self._own(params, opt_state, batch, step, out.get("lambda_max"))

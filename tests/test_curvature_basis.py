@@ -35,3 +35,14 @@ def test_set_row_and_row_round_trip():
   got = B.set_row(rows, jnp.asarray(1, jnp.int32), v)
   np.testing.assert_array_equal(B.dot(got, v), [0.0, float(B.vdot(v, v)), 0.0])
   assert jax.tree.all(jax.tree.map(np.array_equal, B.row(got, jnp.asarray(1, jnp.int32), TREE), v))
+
+
+def test_to_matrix_and_from_matrix_are_ravel_pytree_side_by_side():
+  tree = {"b": jnp.zeros((2,), jnp.float32), "w": jnp.zeros((3, 2), jnp.float64)}   # leaves in key order: b, w
+  m = np.arange(3 * 8, dtype=np.float64).reshape(3, 8) / 7
+  rows = B.from_matrix(jnp.asarray(m), tree)
+  assert rows["b"].dtype == jnp.float32 and rows["w"].dtype == jnp.float64
+  np.testing.assert_array_equal(rows["w"], m[:, 2:])
+  np.testing.assert_allclose(rows["b"], m[:, :2], rtol=1e-7)
+  np.testing.assert_allclose(B.to_matrix(rows), m, rtol=1e-7)
+  np.testing.assert_array_equal(jax.vmap(lambda t: ravel_pytree(t)[0])(B.stack(rows, tree)), B.to_matrix(rows))

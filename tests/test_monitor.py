@@ -78,6 +78,16 @@ def test_monitor_matches_dense_oracles(model):
     np.testing.assert_allclose(float(out[name]), value, rtol=1e-6, err_msg=name)
 
 
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_gradient_correlation_alone_needs_no_curvature(model):
+  # Asked for alone, no matvec exists for the loop rule to inspect; it used to crash there.
+  args, ctx = _setup(model)
+  g, u = np.asarray(ctx["g"]), np.asarray(ctx["u"])
+  out = _call(Monitor(["gradient_correlation"], **args), ctx)
+  np.testing.assert_allclose(float(out["gradient_correlation"]), -(g @ u) / (np.linalg.norm(g) * np.linalg.norm(u)),
+                             rtol=1e-6)
+
+
 def test_trace_within_three_standard_errors_it_reports():
   args, ctx = _setup("mlp")
   samples = 40

@@ -9,7 +9,8 @@ script that prints its results as JSON; the tests assert on them:
     optimizer of each kind, the random ones included (Hutchinson probes, sampled labels, K-FAC);
     every registry optimizer under -m slow;
   - params and optimizer state shardings leaf by leaf, against specs written out by hand;
-  - the monitor's λ_max and trace on the mesh equal one device;
+  - the monitor's λ_max and trace on the mesh equal one device; every curvature estimator and
+    monitor metric on an explicit 2×4 mesh (sharding-in-types) equals one device;
   - a batch that does not divide over the data axis, and a mesh larger than the machine, are
     ValueErrors that say so.
 """
@@ -24,7 +25,7 @@ import textwrap
 
 import pytest
 
-from optlab_jax import optim
+from optlab_jax import monitor as monitors, optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The 27 optimizers of the issue and the Kronecker and packed ones (the rest: -m slow) get optax's
@@ -154,6 +155,50 @@ DEFAULT = PRELUDE + EXPLICIT + textwrap.dedent("""
       return out
     out["monitor"] = guarded(monitored)
 
+    def explicit_curvature():
+      # Every curvature estimator and monitor metric on a 2x4 explicit mesh (params over "model",
+      # the batch over "data", sharding-in-types) vs one device, float64: relative differences.
+      from jax.sharding import AxisType
+      from optlab_jax import curvature, monitor as monitors
+      pb = problem("float64")
+      params = pb.init_params(jax.random.key(0))
+      batch = jax.tree.map(lambda x: x[:16], pb.data["train"])
+      model_fn = lambda p, b: pb.model_fn(p, b["x"])
+      tx = optax.adam(1e-2)
+      key = jax.random.key(4)
+
+      def measure(params, batch):
+        obj = lambda p: pb.loss(p, batch)
+        hess, ggn = curvature.hvp_fn(obj, params), curvature.ggn_fn(lambda p: model_fn(p, batch),
+                                                                      lambda o: pb.output_loss_fn(o, batch), params)
+        fisher = curvature.fisher_fn(lambda p: model_fn(p, batch), params, key, likelihood="gaussian", num_samples=2)
+        grads = jax.grad(obj)(params)
+        updates, state = tx.update(grads, tx.init(params), params)
+        out = {"hvp": hess(grads), "ggn": ggn(grads), "fisher": fisher(grads),
+               "hutchinson_diag": curvature.hutchinson_diag(hess, params, key, 3),
+               "hutchinson_trace": curvature.hutchinson_trace(hess, params, key, 3).value,
+               "hutchpp_trace": curvature.hutchpp_trace(hess, params, key, 6).value,
+               "exact_trace": curvature.hutchinson_trace(hess, params, key, 256).value,   # n = 212 <= 256
+               "lanczos_python": curvature.lanczos_eigs(hess, params, key, 10, loop="python").top_values,
+               "power_iteration": curvature.power_iteration(hess, params, key, 30)[0],
+               "lanczos_eigs": curvature.lanczos_eigs(hess, params, key, 10, k=2).top_values,
+               "slq_density": curvature.slq_density(hess, params, key, 8, 2, num_points=64)[1]}
+        for metric in monitors.METRICS:
+          mon = monitors.Monitor([metric], pb.loss, model_fn=model_fn, output_loss_fn=pb.output_loss_fn,
+                                 optimizer={"name": "adam", "learning_rate": 1e-2}, lanczos_iters=8, top_k=4,
+                                 trace_samples=2, seed=3)
+          out |= {f"monitor.{k}": v for k, v in mon(params, grads, updates, state, batch, 3).items()}
+        return out
+
+      one = measure(params, batch)
+      mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+      with jax.set_mesh(mesh):
+        spec = lambda p: P(*([None] * (p.ndim - 1)), "model") if p.shape[-1] % 4 == 0 else P()
+        sharded = jax.tree.map(lambda p: jax.device_put(p, NamedSharding(mesh, spec(p))), params)
+        on_mesh = measure(sharded, jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P("data"))), batch))
+      return {name: rel(on_mesh[name], one[name]) for name in one}
+    out["explicit_curvature"] = guarded(explicit_curvature)
+
     def errors():
       out = {}
       for label, mesh, batch in (("batch", {"data": 8}, 12), ("devices", {"data": 4, "model": 4}, 16)):
@@ -274,6 +319,14 @@ def test_monitor_lambda_max_and_trace_equal_one_device(default_results):
   for mesh in ("2x4", "8x1"):
     assert out[mesh]["lambda_max"] < 1e-10 and out[mesh]["trace"] < 1e-10, (mesh, out[mesh])
   assert min(out["values"]["lambda_max"]) > 0
+
+
+def test_curvature_and_monitor_on_an_explicit_mesh_equal_one_device(default_results):
+  diffs = _ok(default_results["explicit_curvature"])
+  assert {"hvp", "ggn", "fisher", "hutchinson_diag", "hutchpp_trace", "exact_trace", "lanczos_python",
+          "slq_density", "monitor.spectral_density", "monitor.preconditioned_lambda_max"} <= set(diffs)
+  assert sum(name.startswith("monitor.") for name in diffs) >= len(monitors.METRICS), sorted(diffs)
+  assert max(diffs.values()) < 1e-10, diffs
 
 
 def test_batch_that_does_not_divide_over_data_is_a_clear_error(default_results):

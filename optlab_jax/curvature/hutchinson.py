@@ -20,7 +20,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
 from optlab_jax.curvature import basis as B
@@ -127,10 +126,9 @@ def _sample(draw: Partial, key, dtype, batch: int, max_probes: int, rtol, offset
 @partial(jax.jit, static_argnums=3)
 def _unit_products(matvec, params, start, batch):
   """Σ_i e_iᵀ A e_i over i in [start, start + batch) ∩ [0, n), as one vmapped matvec."""
-  flat, unravel = ravel_pytree(params)
-  eye = jax.nn.one_hot(start + jnp.arange(batch), flat.size, dtype=flat.dtype)   # rows past n are 0
-  products = jax.vmap(lambda e: ravel_pytree(matvec(unravel(e)))[0])(eye)
-  return jnp.sum(eye * products)
+  eye = jax.nn.one_hot(start + jnp.arange(batch), B.size(params), dtype=B.scalar_dtype(params))  # rows past n: 0
+  products = B.unstack(jax.vmap(matvec)(B.stack(B.from_matrix(eye, params), params)))
+  return jnp.sum(eye * B.to_matrix(products))
 
 
 @partial(jax.jit, static_argnums=2)
@@ -196,11 +194,11 @@ def hutchinson_trace(
 @partial(jax.jit, static_argnums=3)
 def _sketch(matvec, params, key, k):
   """Q = orth(A S) as k rows, and tr(Qᵀ A Q): 2k matvecs."""
-  flat, unravel = ravel_pytree(params)
   sketch = jax.vmap(rademacher_like, in_axes=(0, None))(jax.random.split(key, k), params)
-  q, _ = jnp.linalg.qr(jax.vmap(lambda t: ravel_pytree(t)[0])(jax.vmap(matvec)(sketch)).T)   # (n, k)
-  stacked = jax.vmap(unravel)(q.T)
-  return B.unstack(stacked), jnp.sum(jax.vmap(B.vdot)(stacked, jax.vmap(matvec)(stacked)))
+  q, _ = jnp.linalg.qr(B.to_matrix(B.unstack(jax.vmap(matvec)(sketch))).T)   # (n, k)
+  rows = B.from_matrix(q.T, params)
+  stacked = B.stack(rows, params)
+  return rows, jnp.sum(jax.vmap(B.vdot)(stacked, jax.vmap(matvec)(stacked)))
 
 
 def hutchpp_trace(
