@@ -106,12 +106,13 @@ def _chunks(steps: int, *periods: int) -> list[tuple[int, int]]:
 
 def _point_fns(problem: Problem, make_tx: Callable[[dict], optax.GradientTransformation], batch_size,
                placement: sharding.Placement = sharding.Placement(None)):
-  """init(seed, hp) -> TrainState and step(state, hp, data, t) -> (state, loss, monitor args);
-  `placement` constrains the batch, params and state to their shardings on its mesh."""
+  """init(seed, hp, params) -> TrainState and step(state, hp, data, t) -> (state, loss, monitor args);
+  init starts from `params` unless None (then problem.init_params(k_init)); `placement` constrains
+  the batch, params and state to their shardings on its mesh."""
 
-  def init(seed, hp):
+  def init(seed, hp, params=None):
     init_key, data_key = jax.random.split(jax.random.key(seed))
-    params, tx = problem.init_params(init_key), make_tx(hp)
+    params, tx = problem.init_params(init_key) if params is None else params, make_tx(hp)
     return TrainState(*placement.state(params, tx.init(params), tx), data_key)
 
   def step(state, hp, data, t):
@@ -164,9 +165,10 @@ class _Compiled:
 
 def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=None, eval_every=0,
            monitor=None, monitor_every=0, loop="auto", on_progress=None, checkpoint_every=0,
-           checkpoint_dir=None, mesh=None) -> list[History]:
+           checkpoint_dir=None, mesh=None, params=None) -> list[History]:
   """Trains one run, or (batched) one run per seed vmapped in one program; `run` compiles."""
   checks.check_positive_int("steps", steps)
+  _check_params(problem, params, len(seeds) if batched else None)
   checks.check_in_range("eval_every", eval_every, 0.0)
   if monitor is not None:
     checks.check_positive_int("monitor_every", monitor_every)
@@ -199,7 +201,7 @@ def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=
 
   tic, compile_seconds, data = time.perf_counter(), run.seconds, problem.data
   saved = checkpoints.Checkpoints(checkpoint_dir, checkpoint_every)
-  resumed = saved.restore(run("init", init, seeds, hparams, cold=True))
+  resumed = saved.restore(run("init", init, seeds, hparams, params, cold=True))
   state, losses, monitored, evaluated = resumed.state, resumed.losses, resumed.monitored, resumed.evaluated
   alive = resumed.alive
   tic, compile_seconds = tic - resumed.wall_time, compile_seconds - resumed.compile_time
@@ -246,6 +248,25 @@ def _train(problem, make_tx, hparams, seeds, batched, run, *, steps, batch_size=
   return [_history(i, loss[i], records, params, loop, wall_time / n, compile_time / n) for i in range(n)]
 
 
+def _check_params(problem: Problem, params: Any, runs: int | None) -> None:
+  """ValueError unless `params` is None or has the structure, shapes (after a leading axis of
+  `runs` unless None) and dtypes of `problem.init_params`."""
+  if params is None:
+    return
+  want = jax.eval_shape(problem.init_params, jax.random.key(0))
+  lead = () if runs is None else (runs,)
+  expected = jax.tree.map(lambda x: (lead + x.shape, x.dtype), want)
+  try:
+    got = jax.tree.map(lambda x: (tuple(jnp.shape(x)), jnp.result_type(x)), params)
+    same = jax.tree.structure(got) == jax.tree.structure(expected) and got == expected
+  except (TypeError, ValueError):
+    same = False
+  if not same:
+    where = "" if runs is None else f", each shape after a leading axis of {runs} (one entry per run)"
+    raise ValueError(f"params must have the structure, shapes and dtypes of problem.init_params(key){where}; "
+                     f"expected (shape, dtype) leaves {expected}")
+
+
 def _history(i, loss, records, params, loop, wall_time, compile_time) -> History:
   """Run i's History from the records of a program that trained one or more runs."""
   series = {
@@ -285,6 +306,7 @@ def fit(
     checkpoint_every: int = 0,
     checkpoint_dir: str | pathlib.Path | None = None,
     mesh: dict[str, int] | None = None,
+    params: Any = None,
 ) -> History:
   """Trains `problem` with `tx` for `steps` steps (never raises on divergence).
 
@@ -301,12 +323,15 @@ def fit(
   the numbers of an uninterrupted run (`optlab_jax.checkpoints`).
   `mesh` ({"data": N, "model": M}; None: every local device on data if the batch divides over
   them) shards the batch over data and big params and their state over model (`optlab_jax.sharding`).
+  `params` (None: `problem.init_params(k_init)`) starts the run from these params instead, a tree
+  like init_params' (a rewound or pruned network, `optlab_jax.pruning`); the seed still draws
+  the batches.
   """
   checks.check_in_range("seed", seed, -2**31, 2**31 - 1)  # seeds are traced as int32
   (history,) = _train(
       problem, lambda hp: tx, {}, np.int32(seed), False, _Compiled(), steps=steps, batch_size=batch_size,
       eval_every=eval_every, monitor=monitor, monitor_every=monitor_every, loop=loop, on_progress=on_progress,
-      checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, mesh=mesh,
+      checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, mesh=mesh, params=params,
   )
   return history
 
@@ -329,7 +354,8 @@ def fit_vmapped(
   points one after another through one compiled, unbatched program instead (what `should_vmap`
   picks where vmapping would be slower). `on_progress` gets the steps done summed over the runs.
   With `checkpoint_dir`, the vmapped program checkpoints there as one; with vmap=False, point i
-  checkpoints in its subdirectory `i`.
+  checkpoints in its subdirectory `i`. `params` (see `fit`) has a leading axis: run i starts from
+  `params[i]`.
   """
   seeds = np.asarray(seeds)
   if seeds.ndim != 1 or len(seeds) == 0 or not np.issubdtype(seeds.dtype, np.integer):
@@ -344,6 +370,7 @@ def fit_vmapped(
   run, seeds, n = _Compiled(), seeds.astype(np.int32), len(seeds)
   directory = kwargs.get("checkpoint_dir")
   report = lambda offset, scale: on_progress and (lambda done: on_progress(offset + scale * done))
+  start = kwargs.get("params")
   if vmap:
     return _train(problem, make_tx, hparams, seeds, True, run, on_progress=report(0, n), **kwargs)
   return [
@@ -352,7 +379,8 @@ def fit_vmapped(
       for h in _train(
           problem, make_tx, {k: v[i] for k, v in hparams.items()}, seeds[i], False, run,
           on_progress=report(i * kwargs.get("steps", 0), 1),
-          **kwargs | ({"checkpoint_dir": pathlib.Path(directory) / str(i)} if directory else {}),
+          **kwargs | ({"checkpoint_dir": pathlib.Path(directory) / str(i)} if directory else {})
+          | ({} if start is None else {"params": jax.tree.map(lambda x, i=i: x[i], start)}),
       )
   ]
 

@@ -18,7 +18,7 @@ LAYERS = (
     ("cli",),
     ("config", "sweep", "executors", "landscape_runs"),
     ("results", "plots", "landscape_plots", "toy_plots", "time_plots", "findings", "path_plots", "landscape_findings", "grid_plots"),
-    ("train", "checkpoints", "sharding", "monitor", "edges", "program_cache", "landscape"),
+    ("train", "checkpoints", "sharding", "monitor", "edges", "program_cache", "landscape", "pruning"),
     ("optim", "problems", "schedules"),
     ("curvature",),
     ("checks", "compat"),

@@ -254,3 +254,32 @@ def test_a_second_process_loads_its_programs_from_the_persistent_cache(tmp_path)
   assert first_hits == "0" and any((tmp_path / "cache").iterdir())
   second_hits, second_loss = run()
   assert int(second_hits) >= 3 and second_loss == first_loss  # init, scan, metrics; same numbers
+
+
+@pytest.mark.parametrize("vmap", [True, False])
+def test_params_start_the_run_instead_of_the_init(vmap):
+  problem, tx = small_problem(), optax.adam(LRS[0])
+  start = jax.vmap(problem.init_params)(jax.random.split(jax.random.key(7), 2))  # not any seed's init
+  kw = dict(steps=STEPS, batch_size=BATCH, eval_every=EVERY)
+  runs = train.fit_vmapped(problem, optax.adam, {"learning_rate": np.full(2, LRS[0])}, np.array([0, 1]),
+                           params=start, vmap=vmap, **kw)
+  for i, history in enumerate(runs):
+    params = jax.tree.map(lambda x: x[i], start)
+    assert_same_run(history, train.fit(problem, tx, seed=i, params=params, **kw), rtol=1e-12)
+    # step 0's loss is taken at the given params, not at the seed's init, on the seed's first batch
+    init_key, data_key = jax.random.split(jax.random.key(i))
+    batch = problem.sample_batch(jax.random.fold_in(data_key, 0), BATCH)
+    np.testing.assert_allclose(history.loss[0], problem.loss(params, batch), rtol=1e-12)
+    assert not np.allclose(history.loss[0], problem.loss(problem.init_params(init_key), batch))
+  frozen = train.fit(problem, optax.sgd(0.0), seed=0, params=params, steps=3)
+  jax.tree.map(np.testing.assert_array_equal, frozen.params, params)  # returned bit for bit
+
+
+def test_params_of_the_wrong_shape_name_the_argument():
+  problem = small_problem()
+  params = problem.init_params(jax.random.key(0))
+  with pytest.raises(ValueError, match="params"):
+    train.fit(problem, optax.sgd(0.1), steps=2, params=jax.tree.map(lambda x: x[..., :1], params))
+  with pytest.raises(ValueError, match="leading axis"):  # fit_vmapped needs one entry per run
+    train.fit_vmapped(problem, optax.sgd, {"learning_rate": np.full(2, 0.1)}, np.array([0, 1]), steps=2,
+                      params=params)
