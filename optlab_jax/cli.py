@@ -1,6 +1,7 @@
 """The `optlab` command: run a config (a resumable sweep), list what exists, plot results.
 
   optlab run CONFIG [--set KEY=VALUE ...] [--out DIR]   # default DIR: runs/<config stem>
+  optlab run CONFIG [--threads N]                  # N groups at a time in this process (default 2)
   optlab run CONFIG --executor ray [--address ADDR | --num-cpus N]   # the groups as Ray tasks
   optlab list optimizers|problems|schedules|metrics|configs|experiments
   optlab plot DIR [--out FIGDIR]
@@ -89,13 +90,15 @@ def _listing(what: str) -> list[tuple[str, str]]:
   return [(str(p), _sentence(ast.get_docstring(ast.parse(p.read_text())))) for p in paths]
 
 
-def _executor(args: argparse.Namespace) -> executors.Ray | None:
-  """The executor the flags ask for (None: in-process); raises ValueError or MissingExtra."""
+def _executor(args: argparse.Namespace) -> executors.InProcess | executors.Ray:
+  """The executor the flags ask for; raises ValueError or MissingExtra."""
   if args.executor != "ray":
     for flag, value in (("--address", args.address), ("--num-cpus", args.num_cpus)):
       if value is not None:
         raise ValueError(f"{flag} is an option of --executor ray")
-    return None
+    return executors.InProcess(args.threads)
+  if args.threads is not None:
+    raise ValueError("--threads is an option of --executor inprocess (Ray runs a group per task)")
   return executors.Ray(address=args.address, num_cpus=args.num_cpus)
 
 
@@ -162,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
   )
   run.add_argument("--executor", choices=["inprocess", "ray"], default="inprocess",
                    help="where the sweep's groups run: this process (default) or Ray tasks (pip install -e '.[ray]')")
+  run.add_argument("--threads", type=int, help="in-process: groups run at a time (default 2: one compiles while "
+                   "another compiles or trains; 1: one after another)")
   run.add_argument("--address", help="with --executor ray: the cluster to join ('auto': this machine's), "
                    "else a local one is started")
   run.add_argument("--num-cpus", type=int, help="with --executor ray and no --address: the local cluster's CPUs "

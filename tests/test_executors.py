@@ -1,5 +1,6 @@
-"""Executors: Ray tasks give the in-process runs; a dead worker's group is retried and recorded
-once; a killed driver resumes losing and recomputing nothing that was recorded."""
+"""Executors: groups in two threads and Ray tasks give the one-after-another in-process runs; a dead
+worker's group is retried and recorded once; a killed driver resumes losing and recomputing nothing
+that was recorded."""
 
 from __future__ import annotations
 
@@ -50,9 +51,10 @@ def experiment(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def in_process(experiment, tmp_path_factory):
-  """The sweep run in this process, its directory: what every Ray run must equal."""
+  """The sweep run in this process, one group after another, its directory: what every other
+  executor's run must equal."""
   out = tmp_path_factory.mktemp("in_process")
-  sweep.run(experiment, str(out), progress=False)
+  sweep.run(experiment, str(out), progress=False, executor=executors.InProcess(threads=1))
   return out
 
 
@@ -72,6 +74,47 @@ def _assert_same_runs(out: pathlib.Path, reference: pathlib.Path) -> None:
     got = results.load_metrics(out, record["id"])
     for name, values in results.load_metrics(reference, record["id"]).items():
       np.testing.assert_array_equal(got[name], values)
+
+
+def test_two_threads_record_the_one_after_another_runs(experiment, in_process, tmp_path, monkeypatch):
+  out = tmp_path / "threads"
+  monkeypatch.setattr(sweep, "tqdm", Bar)
+  records = sweep.run(experiment, str(out), executor=executors.InProcess(threads=2))
+  assert len(records) == 4
+  _assert_same_runs(out, in_process)
+  positions = Bar.last.positions
+  assert positions == sorted(positions) and positions[-1] == Bar.last.total == 2 * 30 + 2 * 3000
+  assert set(positions) - {2 * 30, Bar.last.total}, positions   # moved while the long group trained
+
+
+def _groups_that_meet(fail: int | None = None):
+  """Two fake groups whose fits wait for each other (a barrier): only concurrent threads finish them."""
+  barrier = threading.Barrier(2, timeout=20)
+
+  def fit_group(runs, progress, start):
+    barrier.wait()
+    if runs[0] == fail:
+      raise ValueError(f"group {fail} failed")
+    progress.ticker(start)(1)
+    yield runs[0], f"history {runs[0]}"
+
+  class Progress:
+    def describe(self, groups): pass
+    def at(self, steps): self.steps = steps
+
+  return [[0], [1]], fit_group, Progress()
+
+
+def test_in_process_threads_run_groups_at_once_and_raise_a_groups_error(monkeypatch):
+  monkeypatch.setattr(executors, "_steps", len)
+  groups, fit_group, progress = _groups_that_meet()
+  assert sorted(executors.InProcess(threads=2).map(groups, fit_group, progress)) == [(0, "history 0"), (1, "history 1")]
+  assert progress.steps == 2
+  groups, fit_group, progress = _groups_that_meet(fail=1)
+  with pytest.raises(ValueError, match="group 1 failed"):
+    list(executors.InProcess(threads=2).map(groups, fit_group, progress))
+  with pytest.raises(ValueError, match="threads=0"):
+    executors.InProcess(threads=0)
 
 
 def test_ray_tasks_record_the_in_process_runs(cluster, experiment, in_process, tmp_path, monkeypatch):
@@ -159,4 +202,8 @@ def test_cluster_flags_without_ray_or_with_each_other_are_refused(tmp_path, caps
   assert cli.main(["run", experiment.path, "--out", out, "--executor", "ray", "--address", "auto",
                    "--num-cpus", "2"]) == 2
   assert "num_cpus=2" in capsys.readouterr().err
+  assert cli.main(["run", experiment.path, "--out", out, "--executor", "ray", "--threads", "2"]) == 2
+  assert "--threads is an option of --executor inprocess" in capsys.readouterr().err
+  assert cli.main(["run", experiment.path, "--out", out, "--threads", "0"]) == 2
+  assert "threads=0" in capsys.readouterr().err
   assert not pathlib.Path(out).exists()

@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from optlab_jax import config, monitor, optim, results, sweep, train
+from optlab_jax import config, executors, monitor, optim, results, sweep, train
 
 def load(tmp_path, text, overrides=()):
   path = tmp_path / "sweep.yaml"
@@ -165,7 +165,8 @@ def test_one_progress_bar_over_the_sweep_never_moves_back(tmp_path, monkeypatch,
   experiment = load(tmp_path, PROGRESS_CONFIG, [f"sweep.grid.optimizer.learning_rate={lrs}"])
   monkeypatch.setattr(sweep, "tqdm", FakeBar)
   calls = _spy(monkeypatch, vmap)
-  sweep.run(experiment, str(tmp_path / "out"))
+  # One group after another (test_executors checks the bar of groups run in two threads).
+  sweep.run(experiment, str(tmp_path / "out"), executor=executors.InProcess(threads=1))
   runs = len(experiment.runs)
   assert calls == ({"fit": 0, "fit_vmapped": 2} if vmap else {"fit": runs, "fit_vmapped": 0})
   bar = FakeBar.last

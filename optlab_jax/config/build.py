@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections.abc
 import inspect
 import json
+import threading
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -157,16 +158,18 @@ def build_monitor(cfg: dict[str, Any], problem: Any) -> monitor.Monitor | None:
 
 
 _PROBLEMS: dict[str, Any] = {}
+_PROBLEMS_LOCK = threading.Lock()
 
 
 def build_problem(section: dict[str, Any]) -> Any:
   """The problem of a resolved `problem` section (built once per distinct section)."""
   key = json.dumps(section, sort_keys=True)
-  if key not in _PROBLEMS:
-    options = {k: v for k, v in section.items() if k != "name"}
-    kwargs, _ = validate_kwargs(problems.get(section["name"]), options, ("problem",))
-    _PROBLEMS[key] = problems.build(section["name"], **kwargs)
-  return _PROBLEMS[key]
+  with _PROBLEMS_LOCK:   # groups running in threads build a shared problem once
+    if key not in _PROBLEMS:
+      options = {k: v for k, v in section.items() if k != "name"}
+      kwargs, _ = validate_kwargs(problems.get(section["name"]), options, ("problem",))
+      _PROBLEMS[key] = problems.build(section["name"], **kwargs)
+    return _PROBLEMS[key]
 
 
 def optimizer_kwargs(section: dict[str, Any]) -> dict[str, Any]:
