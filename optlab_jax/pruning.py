@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import jax
 import jax.numpy as jnp
@@ -132,7 +132,7 @@ class Round:
   masks: Any                        # the round's masks
   start: Any                        # the ticket's start: apply_mask(θ_k, masks)
   ticket: list[train.History]       # the ticket trained for steps − rewind_step steps
-  reinit: list[train.History]       # the control: the masks on a fresh init, trained `steps` steps
+  reinit: list[train.History]       # the control: the masks on a fresh init, trained `steps` steps ([]: not run)
 
 
 @dataclasses.dataclass
@@ -145,16 +145,19 @@ class LotteryRun:
 
 def imp(problem: Problem, tx_factory: Callable[..., optax.GradientTransformation], hparams: dict[str, Any],
         seeds: Any, *, steps: int, rounds: int, rate: float = 0.2, rewind_step: int = 0, scope: str = "global",
-        reinit: bool = True, on_round: Callable[[Round], None] | None = None, **fit_kwargs: Any) -> LotteryRun:
+        reinit: bool | Collection[int] = True, on_round: Callable[[Round], None] | None = None,
+        **fit_kwargs: Any) -> LotteryRun:
   """Iterative magnitude pruning with rewinding to step `rewind_step`, with its random re-init control.
 
   The dense runs are `train.fit_vmapped(problem, tx_factory, hparams, seeds, steps=steps)`; θ_k
   is each run's params after k = `rewind_step` steps of the same run (its init if 0). Round r
   prunes `rate` of the surviving weights (`magnitude_mask` of the previous round's trained
   params, `scope` "global" or "layer"; density (1 − rate)^r), trains the ticket from
-  apply_mask(θ_k, mask) for steps − k steps and, if `reinit`, the same mask from a fresh init
-  (`problem.init_params(fold_in(key(seed), r))`) for `steps` steps; the seed draws the batches
-  as in the dense run. `on_round(round)` is called after each round; `fit_kwargs` go to every
+  apply_mask(θ_k, mask) for steps − k steps and, if `reinit` (True: every round; or the rounds
+  r it holds), the same mask from a fresh init (`problem.init_params(fold_in(key(seed), r))`)
+  for `steps` steps. Every run of a seed draws that seed's batch stream from its first batch (the
+  ticket's steps see batches 0 … T − k − 1, not the dense run's k … T − 1), and a learning-rate
+  schedule restarts at 0 (Frankle et al. resume it at k). `on_round(round)` is called after each round; `fit_kwargs` go to every
   `fit_vmapped` call (batch_size, eval_every, vmap, ...).
 
   References: Frankle & Carbin, 2019 (arXiv:1803.03635); Frankle et al., 2020 (arXiv:1912.05671).
@@ -178,7 +181,7 @@ def imp(problem: Problem, tx_factory: Callable[..., optax.GradientTransformation
     factory, start = _masked_factory(tx_factory, masks, list(hparams)), apply_mask(rewind, masks)
     ticket = fit(factory, runs, steps - rewind_step, params=start)
     control = []
-    if reinit:
+    if reinit is True or (reinit is not False and r in reinit):
       fresh = jax.vmap(lambda s: problem.init_params(jax.random.fold_in(jax.random.key(s), r)))(
           jnp.asarray(seeds, jnp.int32))
       control = fit(factory, runs, steps, params=apply_mask(fresh, masks))
