@@ -34,6 +34,11 @@ EXPLICIT_DEFAULT = ("sgd", "adagrad", "adadelta", "rmsprop", "adam", "amsgrad", 
                     "lars", "lamb", "novograd", "lookahead", "ranger", "lazy_adam", "adahessian", "sophia_h",
                     "sophia_g", "newton_cg", "sam", "asam", "gauss_newton", "natural_gradient", "kfac", "lbfgs",
                     "lbfgs_b", "shampoo", "soap", "sm3")
+# SOAP's eigenbasis of a rank-deficient Kronecker factor (every non-square leaf's, at its first
+# refresh) is not unique: a 1e-15 relative change of the inputs moves its 10-step trajectory by
+# ~10% on one device (Shampoo's roots: ~1e-12), so a mesh's other rounding picks another, equally
+# valid basis. On the meshes it is held to its own sensitivity to rounding, not to 1e-10.
+ROUNDING_SENSITIVE = {"soap": "its eigenbasis of a rank-deficient factor is not unique"}
 # The random ones (Hutchinson probes, sampled labels, K-FAC's) and a plain one; the rest (psgd_kron,
 # newton_cg, lbfgs_b, lookahead and every other registry optimizer) under -m slow, to keep the suite
 # in its 15 minutes: the state rule they rely on is checked leaf by leaf below, lbfgs_b's memory too.
@@ -216,8 +221,24 @@ DEFAULT = PRELUDE + EXPLICIT + textwrap.dedent("""
 """)
 
 SLOW = PRELUDE + textwrap.dedent("""
-    print(json.dumps({n: guarded(trajectories, n) for n in optim.names()}))
-""")
+    import dataclasses
+
+    def rounding(name, dtype="float64"):
+      # One device, the training inputs changed by 1e-15 relative (what a mesh's other summation
+      # order does to the gradients): the trajectory's own sensitivity to rounding.
+      pb = problem(dtype)
+      x = pb.data["train"]["x"]
+      noise = 1 + 1e-15 * jax.random.normal(jax.random.key(7), x.shape, x.dtype)
+      moved = dataclasses.replace(pb, data={**pb.data, "train": {**pb.data["train"], "x": x * noise}})
+      tx = build(name, pb)
+      one = train.fit(pb, tx, steps=10, batch_size=16, mesh={"data": 1})
+      return rel(train.fit(moved, tx, steps=10, batch_size=16, mesh={"data": 1}).params, one.params)
+
+    names = sys.argv[1].split(",") if len(sys.argv) > 1 else optim.names()
+    out = {n: guarded(trajectories, n) for n in names}
+    out["rounding"] = {n: guarded(rounding, n) for n in ROUNDING_SENSITIVE + ("shampoo", "adam")}
+    print(json.dumps(out))
+""").replace("ROUNDING_SENSITIVE", repr(tuple(ROUNDING_SENSITIVE)))
 SLOW_EXPLICIT = PRELUDE + EXPLICIT + textwrap.dedent("""
     print(json.dumps({n: guarded(explicit, n) for n in sys.argv[1].split(",")}))
 """)
@@ -340,7 +361,11 @@ def test_batch_that_does_not_divide_over_data_is_a_clear_error(default_results):
 def test_fit_on_meshes_equals_one_device_every_optimizer():
   results = _run(SLOW)
   assert "crashed" not in results, results["crashed"]
+  rounding = results.pop("rounding")
   assert sorted(results) == optim.names()
-  bad = {n: r for n, r in results.items()
-         if "error" in r or not all(d["finite"] and d["params"] < 1e-10 and d["loss"] < 1e-10 for d in r.values())}
+  assert rounding["shampoo"] < 1e-10 and rounding["adam"] < 1e-10, rounding   # the others: continuous
+  tolerance = lambda n: 3 * rounding[n] if n in ROUNDING_SENSITIVE else 1e-10
+  bad = {n: r for n, r in results.items() if "error" in r or not all(
+      d["finite"] and d["params"] < tolerance(n) and d["loss"] < tolerance(n) for d in r.values())}
   assert not bad, bad
+  assert all(rounding[n] > 1e-6 for n in ROUNDING_SENSITIVE), rounding   # still sensitive: else back to 1e-10
