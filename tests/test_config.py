@@ -65,6 +65,16 @@ def test_schedule_spec_builds_the_optax_schedule(tmp_path):
     np.testing.assert_allclose(float(schedule(t)), 0.1 * 0.5 * (1 + math.cos(math.pi * t / 100)), rtol=1e-6)
 
 
+def test_a_schedule_spec_nests_inside_linear_warmup(tmp_path):
+  spec = "{name: linear_warmup, warmup_steps: 10, schedule: {name: inverse_time_decay, init_value: 0.2, decay_rate: 1.0}}"
+  (run,) = config.load(write(tmp_path, BASE.replace("learning_rate: 0.1", f"learning_rate: {spec}"))).runs
+  assert run.config["optimizer"]["learning_rate"]["schedule"] == {
+      "name": "inverse_time_decay", "init_value": 0.2, "decay_rate": 1.0, "decay_steps": 1.0, "staircase": False}
+  schedule = config.optimizer_kwargs(run.config["optimizer"])["learning_rate"]
+  for t in (0, 5, 10, 30):  # 0.2 t/10 over the ramp, then 0.2 / (1 + (t - 10))
+    np.testing.assert_allclose(float(schedule(t)), 0.02 * t if t < 10 else 0.2 / (1 + t - 10), rtol=1e-6)
+
+
 def test_tuple_options_accept_yaml_lists(tmp_path):
   path = write(tmp_path, BASE.replace("{name: quadratic, dim: 4}", "{name: teacher_student, student_hidden: [3, 2], num_train: 8}"))
   (run,) = config.load(path).runs

@@ -65,7 +65,10 @@ def _learning_rate(value: Any, loc: tuple) -> tuple[Any, Any]:
     raise Invalid(loc + ("name",), f"{MISSING} (a schedule: {', '.join(schedule_factories())})")
   _lookup("schedule", name, schedule_factories(), loc + ("name",))
   factory = schedule_factories()[name]
-  py, resolved = validate_kwargs(factory, options, loc)
+  # A schedule's schedule argument (linear_warmup's) may itself be a spec: built first, the same way.
+  nested = {k: _learning_rate(v, loc + (k,)) for k, v in options.items() if isinstance(v, dict) and "name" in v}
+  py, resolved = validate_kwargs(factory, {k: v for k, v in options.items() if k not in nested}, loc, tuple(nested))
+  py, resolved = py | {k: v[0] for k, v in nested.items()}, resolved | {k: v[1] for k, v in nested.items()}
   return construct(lambda: factory(**py), options, loc), {"name": name, **resolved}
 
 
