@@ -53,7 +53,9 @@ def _call(monitor, ctx, step=7):
   return monitor(ctx["params"], ctx["grads"], ctx["updates"], ctx["state"], None, step)
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+# The CNN's oracle under -m slow: test_jitted_and_host_paths_agree[cnn] checks its host (Python-loop)
+# path against the jitted one, which the MLP's oracle checks against dense matrices.
+@pytest.mark.parametrize("model", ["mlp", pytest.param("cnn", marks=pytest.mark.slow)])
 def test_monitor_matches_dense_oracles(model):
   args, ctx = _setup(model)
   metrics = [m for m in METRICS if m != "trace"]
@@ -101,7 +103,8 @@ def test_trace_within_three_standard_errors_it_reports():
   assert abs(float(exact["trace"]) - np.trace(h)) < 1e-10 * abs(np.trace(h)) and float(exact["trace_stderr"]) == 0
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+# The MLP under -m slow: both its paths are lax.scan; the CNN's host path is the Python loop.
+@pytest.mark.parametrize("model", [pytest.param("mlp", marks=pytest.mark.slow), "cnn"])
 def test_jitted_and_host_paths_agree(model):
   args, ctx = _setup(model)
   monitor = Monitor(["lambda_max", "lambda_min", "trace", "directional_sharpness"], lanczos_iters=30, **args)
