@@ -1,7 +1,7 @@
 """The `optlab` command: run a config (a resumable sweep), list what exists, plot results.
 
   optlab run CONFIG [--set KEY=VALUE ...] [--out DIR]   # default DIR: runs/<config stem>
-  optlab run CONFIG [--threads N]                  # N groups at a time in this process (default 2)
+  optlab run CONFIG [--threads N]                  # N groups at a time in this process (default 1)
   optlab run CONFIG --executor ray [--address ADDR | --num-cpus N]   # the groups as Ray tasks
   optlab list optimizers|problems|schedules|metrics|configs|experiments
   optlab plot DIR [--out FIGDIR]
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
   )
   run.add_argument("--executor", choices=["inprocess", "ray"], default="inprocess",
                    help="where the sweep's groups run: this process (default) or Ray tasks (pip install -e '.[ray]')")
-  run.add_argument("--threads", type=int, help="in-process: groups run at a time (default 2: one compiles while "
-                   "another compiles or trains; 1: one after another)")
+  run.add_argument("--threads", type=int, help="in-process: groups run at a time (default 1: one after another; "
+                   "more let one group compile or train while another does)")
   run.add_argument("--address", help="with --executor ray: the cluster to join ('auto': this machine's), "
                    "else a local one is started")
   run.add_argument("--num-cpus", type=int, help="with --executor ray and no --address: the local cluster's CPUs "

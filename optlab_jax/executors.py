@@ -1,4 +1,4 @@
-"""Where a sweep's groups run: in this process (the default; two groups at a time), or as Ray tasks.
+"""Where a sweep's groups run: in this process (the default; `threads` groups at a time), or as Ray tasks.
 
 An executor's `map(groups, fit_group, progress, log)` calls `fit_group(runs, progress, start)`
 (`sweep._fit_group`: yields (run, History) as its runs finish) on every group of runs and yields
@@ -32,7 +32,7 @@ _JAX_SETTINGS = ("jax_enable_x64", "jax_numpy_rank_promotion", "jax_default_matm
                  "jax_compilation_cache_dir")
 _POLL_SECONDS = 0.5  # how often the driver reads the tasks' progress
 _THREAD_POLL_SECONDS = 0.1  # and the in-process threads' (a dict read)
-DEFAULT_THREADS = 2  # in-process groups at a time
+DEFAULT_THREADS = 1  # in-process groups at a time (2 measured slower on a 2-core CPU: README)
 TRACKER_PREFIX = "optlab_progress_"  # the name of a sweep's progress actor, before a unique suffix
 
 
@@ -55,12 +55,12 @@ class _GroupSteps:
 
 
 class InProcess:
-  """Runs the groups in this process, `threads` of them at a time (1: one after another).
+  """Runs the groups in this process, `threads` of them at a time (default 1: one after another).
 
-  Two threads let one group compile (XLA's compiler runs on one core) while another compiles or
-  trains: on a 2-core CPU the 50-step quickstart's four groups finish sooner (README,
-  Performance). A program that two groups share (the monitor's, per problem) compiles once.
-  Each group's numbers are the same either way; runs are yielded as they finish.
+  With more threads one group can compile or train while another does; a program that two groups
+  share (the monitor's, per problem) compiles once, and each group's numbers are the same either
+  way; runs are yielded as they finish. On the 2-core CPU this was measured on, XLA's compiler
+  already uses both cores, so two threads made the 50-step quickstart slower (README, Performance).
   """
 
   def __init__(self, threads: int | None = None):
