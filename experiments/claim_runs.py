@@ -2,7 +2,8 @@
 
 `python experiments/<claim>.py CONFIG [--set KEY=VALUE ...] [--out DIR] ...` runs the config's
 sweep first (`sweep.run`, resumable, results in DIR, default runs/<config stem>) and prints its
-table; the script then analyses the runs.
+table; the script then analyses the runs. Scripts that only read a results directory (`optlab run`
+trained it) take `results_parser`'s DIR and --figure, and finish their panels with `legends`.
 """
 
 from __future__ import annotations
@@ -28,3 +29,18 @@ def run_sweep(args: argparse.Namespace) -> tuple[config.Experiment, str]:
   out = args.out or str(Path("runs") / Path(args.config).stem)
   print(results.table(sweep.run(experiment, out, progress=False)))
   return experiment, out
+
+
+def results_parser(doc: str, config_name: str) -> argparse.ArgumentParser:
+  """The parser of a script reading a results directory of configs/<config_name>.yaml: DIR, --figure."""
+  p = argparse.ArgumentParser(description=doc.splitlines()[0])
+  p.add_argument("dir", help=f"a results directory of configs/{config_name}.yaml")
+  p.add_argument("--figure", help="PNG path of the figure")
+  return p
+
+
+def legends(*axes) -> None:
+  """A small legend and a light grid on each panel."""
+  for ax in axes:
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)

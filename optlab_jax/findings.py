@@ -16,7 +16,7 @@ import numpy as np
 
 from optlab_jax import results
 
-__all__ = ["arrays", "by_point", "edge_of_stability", "first_reach", "spread", "tail"]
+__all__ = ["arrays", "by_point", "early_sharpness", "edge_of_stability", "first_reach", "spread", "tail"]
 
 Arrays = dict[str, np.ndarray]
 
@@ -139,24 +139,40 @@ def best_decay(grid: Grid, within: float = 1.5) -> list[dict[str, float]]:
   return out
 
 
-def largest_stable_lr(directory: str | Path, axis: str = "tau") -> dict[Any, list[float]]:
-  """Value of the optimizer hyperparameter `axis` -> per seed, the largest learning rate whose run
-  was stable: finite, its final training loss below half its first (a network whose units died in a
+def largest_stable_lr(directory: str | Path, axis: str | Callable[[dict], Any] = "tau", *,
+                      peak: Callable[[dict], float] | None = None, loss_ratio: float = 0.5) -> dict[Any, list[float]]:
+  """Value of the optimizer hyperparameter `axis` (or of `axis(optimizer config)`) -> per seed, the
+  largest learning rate (`peak(optimizer config)`, default its `learning_rate`) whose run was stable:
+  finite, its final training loss below `loss_ratio` times its first (a network whose units died in a
   blow-up ends at the chance loss, just under its first). NaN where none was; a bound (the grid's
   end) where every one was.
 
   References: Lian et al., 2015 (arXiv:1506.08272), asynchronous SGD's step size shrinks with the
   staleness.
   """
+  group = axis if callable(axis) else (lambda optimizer: optimizer[axis])
+  peak = peak or (lambda optimizer: optimizer["learning_rate"])
   stable: dict[Any, dict[int, list[float]]] = {}
   for record in results.load_records(directory):
     optimizer = record["config"]["optimizer"]
     loss = np.asarray(results.load_metrics(directory, record["id"])["train_loss"], np.float64)
-    ok = record["status"] == "ok" and bool(np.all(np.isfinite(loss))) and loss[-1] < loss[0] / 2
-    seeds = stable.setdefault(optimizer[axis], {})
-    seeds.setdefault(record["config"]["seed"], []).append(optimizer["learning_rate"] if ok else -np.inf)
+    ok = record["status"] == "ok" and bool(np.all(np.isfinite(loss))) and loss[-1] < loss[0] * loss_ratio
+    seeds = stable.setdefault(group(optimizer), {})
+    seeds.setdefault(record["config"]["seed"], []).append(peak(optimizer) if ok else -np.inf)
   return {value: [max(lrs) if max(lrs) > 0 else float("nan") for _, lrs in sorted(seeds.items())]
           for value, seeds in sorted(stable.items())}
+
+
+def early_sharpness(run: Arrays, until: int) -> float:
+  """The median of `monitor.lambda_max` over the monitor steps up to `until` (a warm-up's end), a
+  non-finite value counted as +inf (a run that blew up there was unboundedly sharp).
+
+  References: Gilmer et al., 2021 (arXiv:2110.04369), figure 1; Kalra & Barkeshli, 2024
+  (arXiv:2406.09405): warm-up lowers the sharpness before the peak learning rate is reached.
+  """
+  steps, values = np.asarray(run["monitor_step"]), np.asarray(run["monitor.lambda_max"], np.float64)
+  window = values[steps <= until]
+  return float(np.median(np.where(np.isfinite(window), window, np.inf)))
 
 
 # The embedding tables of `embedding_regression` and the column of x that indexes each.
