@@ -270,6 +270,28 @@ def test_missing_model_fn_and_uncaptured_kernels():
   chex.assert_trees_all_close(d, grads, rtol=0, atol=0)
 
 
+def test_a_layer_called_inside_model_fns_own_transformation_raises_and_the_callers_does_not():
+  # A PINN's residuals hold the network's input derivatives: its layers run inside model_fn's own
+  # jax.vmap(jax.grad(...)), where the outputs depend on a kernel through more than the layer's
+  # outputs, so A ⊗ G is no Fisher block (before the check: a leaked-tracer error).
+  graphdef, params = nnx.split(TinyMLP((3, 4, 1), nnx.Rngs(5)))
+  x = jax.random.normal(jax.random.key(9), (5, 3), F64)
+  net = lambda p, xs: nnx.merge(graphdef, p)(xs)
+  slopes = lambda p: jax.vmap(jax.grad(lambda xi: net(p, xi[None])[0, 0]))(x)  # (5, 3): ∇_x u per point
+  sbk = scale_by_kfac(likelihood="gaussian")
+  with pytest.raises(ValueError, match="K-FAC cannot precondition layer 'l1/kernel'.*inside a JAX transformation"):
+    first_update(sbk, params, model_fn=slopes)
+  # Control: a transformation around the whole update is the caller's (seeds vmapped): no error, and
+  # each model's direction is the one its own update gives.
+  stacked = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), params)
+  grads = jax.tree.map(jnp.ones_like, stacked)
+  step = lambda g, p: sbk.update(g, sbk.init(p), p, model_fn=lambda q: net(q, x))[0]
+  batched = jax.jit(jax.vmap(step))(grads, stacked)
+  for i in range(2):
+    take = lambda tree: jax.tree.map(lambda a: a[i], tree)
+    chex.assert_trees_all_close(take(batched), jax.jit(step)(take(grads), take(stacked)), rtol=1e-10)
+
+
 def test_nnx_optimizer_step_equals_functional_update():
   model = TinyMLP((3, 4, 3), nnx.Rngs(7))
   x = jax.random.normal(jax.random.key(8), (6, 3), F64)

@@ -77,7 +77,8 @@ def scale_by_kfac(
   Layers are the leaves named "kernel" (ndim ≥ 2) with their sibling "bias" (Flax's names),
   each matched to the nnx.Linear/nnx.Conv call that reads it (`kfac_capture`). Fallback: the
   other leaves (norms, embeddings, plain arrays), and layers no call reads (with a warning),
-  get d = g, the identity preconditioner, as in kfac-pytorch. With `kl_clip=κ` (None: off)
+  get d = g, the identity preconditioner, as in kfac-pytorch. A layer that model_fn calls inside
+  a transformation of its own (a PINN's input derivatives) raises `ValueError`. With `kl_clip=κ` (None: off)
   the K-FAC directions are scaled by ν = min(1, √(κ / (η² |Σ dᵀg|))), the sum over the K-FAC
   leaves and η = `learning_rate` at this step (Ba et al.): η² dᵀg ≈ η² dᵀFd is the step's KL.
 

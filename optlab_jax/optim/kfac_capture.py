@@ -7,7 +7,10 @@ preserves). Each such call records its input rows ā (Conv: im2col patches, KFC)
 y + z with z = 0, so the cotangent of z is δ = ∂L/∂y. One `jax.eval_shape` pass finds the
 shapes of the z's, then one `jax.vjp` in z (not in the params: no weight gradients) gives
 every δ. Everything is jittable. Layers read inside `nnx.scan`/`nnx.vmap`, grouped convs and
-kernels that `model_fn` transforms before the layer reads them are not captured.
+kernels that `model_fn` transforms before the layer reads them are not captured. A layer that
+`model_fn` calls inside a JAX transformation of its own (jax.grad, jax.hessian, jax.vmap,
+jax.checkpoint: a PINN's input derivatives) raises `ValueError`: there the outputs depend on the
+kernel through more than the call's y = W ā, so A ⊗ G is not the layer's Fisher block.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import jax.extend
 import numpy as np
 from flax import nnx
 
@@ -78,6 +82,11 @@ class _Recorder:
     self.calls: list[int] = []          # layer position of each captured call, in call order
     self.inputs: list[jax.Array] = []   # ā rows of each captured call
     self.shapes: list[jax.ShapeDtypeStruct] = []
+    self.trace = None                    # the JAX trace model_fn runs in (`run`)
+
+  def run(self, model_fn: Callable, params: Any) -> Any:
+    self.trace = _current_trace()
+    return model_fn(params)
 
   def layer_of(self, module: Any) -> int | None:
     j = self.position.get(id(_value(module.kernel)))
@@ -89,6 +98,12 @@ class _Recorder:
     return j if bias is None or id(_value(module.bias)) == id(self.leaves[bias]) else None
 
   def record(self, j: int, rows: jax.Array, y: jax.Array) -> jax.Array:
+    if _current_trace() != self.trace:
+      raise ValueError(
+          f"K-FAC cannot precondition layer {self.layers[j].name!r}: model_fn calls it inside a JAX "
+          "transformation of its own (jax.grad, jax.hessian, jax.vmap, jax.checkpoint, ...), e.g. a PINN's "
+          "input derivatives: the outputs then depend on the kernel through more than the layer's outputs, "
+          "and the Kronecker factors are not its Fisher block; use natural_gradient, gauss_newton or sophia_g")
     kernel = self.leaves[self.layers[j].kernel]
     rows = rows.astype(kernel.dtype)
     if self.layers[j].bias is not None:
@@ -102,6 +117,11 @@ class _Recorder:
 
 
 _ACTIVE: list[_Recorder] = []
+
+
+def _current_trace() -> Any:
+  # Flax NNX compares traces the same way (nnx.tracers.current_jax_trace).
+  return jax.extend.core.get_opaque_trace_state(convention="nnx")
 
 
 def _linear_call(original: Callable) -> Callable:
@@ -188,11 +208,11 @@ def capture(
   """
   leaves = jax.tree.leaves(params)
   with _intercept(_Recorder(leaves, layers, None)) as found:
-    jax.eval_shape(lambda: model_fn(params))
+    jax.eval_shape(lambda: found.run(model_fn, params))
 
   def perturbed(zs):
     with _intercept(_Recorder(leaves, layers, zs)) as rec:
-      outputs = model_fn(params)
+      outputs = rec.run(model_fn, params)
     return outputs, rec.inputs
 
   zeros = [jnp.zeros(s.shape, s.dtype) for s in found.shapes]

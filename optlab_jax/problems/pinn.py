@@ -3,8 +3,17 @@
 The loss is mean_i r(z_i)² + boundary_weight · mean_j (u_θ(b_j) − g(b_j))² over fixed collocation
 points z_i inside the domain and b_j on its boundary (and initial line), where r is the PDE
 residual of u_θ, computed from its input derivatives (`derivatives`: jax.hessian, i.e. forward
-over reverse). `model_fn` returns those residuals, {"interior": r, "boundary": u_θ − g}, and
-`output_loss_fn` their weighted mean square, so Gauss-Newton sees the least-squares structure.
+over reverse). That loss is a Gaussian negative log-likelihood of the residuals (observed value 0,
+a variance per kind of point), so `likelihood="gaussian"`: `model_fn` returns the N = n + m
+residuals of a batch (n interior, m boundary points) as one array o [N, 1] scaled to unit
+variance (`scale_residuals`),
+  o_i = √(2N/n) · r(z_i),   o_{n+j} = √(2N·w/m) · (u_θ(b_j) − g(b_j)),   w = boundary_weight,
+and `output_loss_fn` is ½ · mean_rows ‖o − y‖² with targets y = 0 in the batch, which equals
+mean r² + w · mean (u_θ − g)². Gauss-Newton (Jᵀ J / N), the true Fisher of natural gradient and
+Sophia-G (labels y ∼ N(o, I)) and the loss all see the same least squares. The residuals
+themselves, {"interior": r, "boundary": u_θ − g}, come from `info["residuals_fn"](params, inputs)`.
+K-FAC does not apply: r depends on each layer through the network's input derivatives, not
+through the layer's outputs alone (it raises; see `optim.kfac_capture`).
 
 - `pinn_poisson`: −Δu = dπ² ∏ sin(πx_k) on [0, 1]^d, u = 0 on the boundary; exact solution
   u* = ∏ sin(πx_k).
@@ -16,7 +25,7 @@ over reverse). `model_fn` returns those residuals, {"interior": r, "boundary": u
 Batches: `batch_size` interior points and proportionally many boundary points, drawn with
 replacement; None: all of them (full-batch training, as with L-BFGS in the PINN literature).
 Metrics: `loss` on all points and `relative_l2_error` ‖u_θ − u*‖ / ‖u*‖ at `num_test` uniform
-points. `info` holds `u_fn(params, points)` and `exact_fn(points)`.
+points. `info` holds `u_fn(params, points)`, `exact_fn(points)` and `residuals_fn(params, inputs)`.
 
 References: Raissi, Perdikaris & Karniadakis, 2019, Physics-informed neural networks, J. Comput.
 Phys. 378; Whitham, 1974, Linear and Nonlinear Waves, §4.4 (the Burgers travelling wave).
@@ -33,9 +42,11 @@ import numpy as np
 
 from optlab_jax import checks
 from optlab_jax.problems import models
-from optlab_jax.problems.base import Dtype, Problem, check_batch_size, sample_rows
+from optlab_jax.problems.base import Dtype, Problem, check_batch_size, half_squared_error, sample_rows
 
-__all__ = ["derivatives", "poisson_residual", "burgers_residual", "pinn_poisson", "pinn_burgers"]
+__all__ = [
+    "derivatives", "poisson_residual", "burgers_residual", "scale_residuals", "pinn_poisson", "pinn_burgers",
+]
 
 BURGERS_WAVE = {"a": 1.0, "c": 0.5, "x0": -0.25}
 
@@ -66,6 +77,16 @@ def burgers_exact(z: jax.Array, nu: float) -> jax.Array:
   return c - a * jnp.tanh(a * (z[..., 0] - x0 - c * z[..., 1]) / (2.0 * nu))
 
 
+def scale_residuals(residuals: dict, boundary_weight: float) -> jax.Array:
+  """The residuals {"interior": r [n], "boundary": u_θ − g [m]} as one output o [n + m, 1] whose
+  ½ · mean_rows o² is mean r² + boundary_weight · mean (u_θ − g)²: o = √(2N/n)·r, √(2N·w/m)·(u_θ − g)."""
+  interior, boundary = residuals["interior"], residuals["boundary"]
+  n, m = interior.shape[0], boundary.shape[0]
+  total = n + m
+  scaled = [math.sqrt(2 * total / n) * interior, math.sqrt(2 * total * boundary_weight / m) * boundary]
+  return jnp.concatenate(scaled)[:, None]
+
+
 def _pinn(name, residual, exact, interior, boundary, test, hidden, boundary_weight, dtype) -> Problem:
   """The problem for `residual(u, z)` with points drawn already (numpy [n, d] arrays)."""
   for width in hidden:
@@ -83,37 +104,40 @@ def _pinn(name, residual, exact, interior, boundary, test, hidden, boundary_weig
   }
   share = len(boundary) / len(interior)
 
-  def model_fn(params, inputs):
+  def residuals_fn(params, inputs):
     point_u = lambda z: u_fn(params, z[None])[0]
     return {
         "interior": jax.vmap(lambda z: residual(point_u, z))(inputs["interior"]),
         "boundary": u_fn(params, inputs["boundary"]) - inputs["g"],
     }
 
-  def output_loss_fn(outputs, batch):
-    del batch
-    return jnp.mean(jnp.square(outputs["interior"])) + boundary_weight * jnp.mean(jnp.square(outputs["boundary"]))
+  model_fn = lambda params, inputs: scale_residuals(residuals_fn(params, inputs), boundary_weight)
+
+  def with_targets(inputs):
+    count = inputs["interior"].shape[0] + inputs["boundary"].shape[0]
+    return {"x": inputs, "y": jnp.zeros((count, 1), inputs["g"].dtype)}
 
   def sample_fn(data, key, batch_size):
     check_batch_size(batch_size)
     train = data["train"]
     if batch_size is None:
-      return {"x": train}
+      return with_targets(train)
     inside_key, edge_key = jax.random.split(key)
     edges = sample_rows({"boundary": train["boundary"], "g": train["g"]}, edge_key, max(1, round(share * batch_size)))
-    return {"x": {"interior": sample_rows(train["interior"], inside_key, batch_size), **edges}}
+    return with_targets({"interior": sample_rows(train["interior"], inside_key, batch_size), **edges})
 
   def metrics_fn(data, params):
     error = u_fn(params, data["test"]["z"]) - data["test"]["u"]
+    full = with_targets(data["train"])
     return {
-        "loss": output_loss_fn(model_fn(params, data["train"]), None),
+        "loss": half_squared_error(model_fn(params, full["x"]), full),
         "relative_l2_error": jnp.linalg.norm(error) / jnp.linalg.norm(data["test"]["u"]),
     }
 
   return Problem(
-      name=name, init_params=init_params, model_fn=model_fn, output_loss_fn=output_loss_fn,
-      sample_fn=sample_fn, metrics_fn=metrics_fn, data=data, minimum=0.0,
-      info={"u_fn": u_fn, "exact_fn": exact},
+      name=name, init_params=init_params, model_fn=model_fn, output_loss_fn=half_squared_error,
+      sample_fn=sample_fn, metrics_fn=metrics_fn, data=data, likelihood="gaussian", minimum=0.0,
+      info={"u_fn": u_fn, "exact_fn": exact, "residuals_fn": residuals_fn},
   )
 
 
