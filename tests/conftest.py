@@ -12,3 +12,19 @@ import jax  # noqa: E402  (XLA_FLAGS must be set before the backend starts)
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import pytest  # noqa: E402
+
+# Modules whose tests share an expensive module-scoped fixture or cached run: each runs whole on
+# one xdist worker (the suite's `--dist loadgroup`), so the shared work is done once, not per worker.
+SHARED_WORK = {"test_checkpoints", "test_executors", "test_findings", "test_findings_embedding",
+               "test_findings_landscape", "test_findings_lottery", "test_findings_lr_schedules",
+               "test_findings_second_order", "test_findings_toys", "test_findings_transformer",
+               "test_findings_warmup", "test_landscape_runs", "test_optim_kfac", "test_pruning", "test_train"}
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    module = item.module.__name__.rsplit(".", 1)[-1]
+    if module in SHARED_WORK:
+      item.add_marker(pytest.mark.xdist_group(module))
