@@ -23,6 +23,7 @@ SHARED_WORK = {"test_checkpoints", "test_executors", "test_findings", "test_find
                "test_findings_warmup", "test_landscape_runs", "test_optim_kfac", "test_pruning", "test_train"}
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist reads the groups
 def pytest_collection_modifyitems(items):
   for item in items:
     module = item.module.__name__.rsplit(".", 1)[-1]
