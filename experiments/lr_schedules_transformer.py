@@ -82,7 +82,7 @@ def main() -> None:
           measure(optimizer, results.load_metrics(args.dir, r["id"]), r["final"]))
   for label, runs in rows.items():
     s = findings.spread(runs)
-    cell = lambda k: f"{s[k][0]:.3g} ± {s[k][1]:.2g} [{s[k][2]:.3g}, {s[k][3]:.3g}]"
+    cell = lambda k: findings.spread_text(s[k])
     print(f"{label:22s} test loss {cell('test_loss'):28s} λ_max at 1/4-0.6 {cell('lambda_max_peak'):26s} "
           f"last quarter {cell('lambda_max_end'):26s} λ_max/edge there {cell('ratio_end')}  ({len(runs)} seeds)")
   if args.figure:

@@ -100,7 +100,7 @@ def main() -> None:
                                             "final_loss": final_loss(run["train_loss"])})
   for label, runs in rows.items():
     s = findings.spread(runs)
-    cell = lambda k: f"{s[k][0]:.3g} ± {s[k][1]:.2g} [{s[k][2]:.3g}, {s[k][3]:.3g}]"
+    cell = lambda k: findings.spread_text(s[k])
     print(f"{label:50s} λ_max over steps ≤ {until}: {cell('early_lambda_max'):30s} final loss {cell('final_loss')}"
           f"  ({len(runs)} seeds)")
   if args.figure:

@@ -16,7 +16,7 @@ import numpy as np
 
 from optlab_jax import results
 
-__all__ = ["arrays", "by_point", "early_sharpness", "edge_of_stability", "first_reach", "spread", "tail"]
+__all__ = ["arrays", "by_point", "early_sharpness", "edge_of_stability", "first_reach", "spread", "spread_text", "tail"]
 
 Arrays = dict[str, np.ndarray]
 
@@ -72,6 +72,12 @@ def spread(values: list[dict[str, float]]) -> dict[str, tuple[float, float, floa
   """Name -> (mean, standard deviation, min, max) over the runs (seeds) of a point."""
   return {k: (float(np.mean(v)), float(np.std(v)), float(np.min(v)), float(np.max(v)))
           for k, v in ((k, [r[k] for r in values]) for k in values[0])}
+
+
+def spread_text(stats: tuple[float, float, float, float], digits: int = 3) -> str:
+  """A `spread` entry as "mean ± std [min, max]" (`digits` significant digits, the std's one fewer)."""
+  mean, std, lo, hi = stats
+  return f"{mean:.{digits}g} ± {std:.{digits - 1}g} [{lo:.{digits}g}, {hi:.{digits}g}]"
 
 
 def outliers(top_values: np.ndarray, num_classes: int) -> dict[str, float]:

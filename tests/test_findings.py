@@ -136,3 +136,9 @@ def _final_sharpness(batch_size: int) -> tuple[float, float]:
 def test_large_batch_ends_sharper_at_equal_lr_and_epochs():
   small, large = _final_sharpness(32), _final_sharpness(512)
   assert large[0] > 3 * small[0], (small, large)  # Keskar et al.: λ_max grows with the batch size
+
+
+def test_spread_text_writes_mean_std_min_max():
+  stats = findings.spread([{"a": 1.0}, {"a": 2.0}, {"a": 6.0}])["a"]
+  assert findings.spread_text(stats) == f"3 ± {np.std([1.0, 2.0, 6.0]):.2g} [1, 6]"
+  assert findings.spread_text((0.123456, 0.0123, 0.1, 0.15)) == "0.123 ± 0.012 [0.1, 0.15]"
