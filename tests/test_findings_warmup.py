@@ -1,47 +1,31 @@
 """Claim 2 of issue #12 (warm-up; configs/warmup.yaml) at a small size, against controls.
 
-A width-16 char Transformer trained by SGD with momentum 0.9 for 120 steps: at a peak lr of 1.5 every
-seed blows up without warm-up and trains behind a 100-step linear warm-up, while at lr 0.1 (the
-control) both train; over the warm-up's steps λ_max stays near the stability edge with warm-up at lr 1.5 and blows past it
-without, while at lr 0.1 it stays far below its edge either way. The
-seeds and both schedules run as one vmapped program: the warm-up length is a traced hyperparameter
-(1 step: no warm-up).
+A width-16 char Transformer trained by SGD with momentum 0.9 (tests/transformer_sgd_runs.py, shared
+with claim 19): at a peak lr of 1.5 every seed blows up within 120 steps without warm-up and trains
+behind a 100-step linear warm-up, while at lr 0.1 (the control) both train; over the warm-up's steps
+λ_max stays near the stability edge with warm-up at lr 1.5 and blows past it without, while at lr 0.1
+it stays far below its edge either way.
 """
 
 from __future__ import annotations
 
-import functools
-
-import jax.numpy as jnp
 import numpy as np
 
-from optlab_jax import findings, monitor, optim, problems, train
+from optlab_jax import findings
+from tests import transformer_sgd_runs as shared
 
-SEEDS = (0, 1, 2)
 _PEAK, _CONTROL, _WARMUP, _STEPS = 1.5, 0.1, 100.0, 120
 
 
-def _sgd(peak, warmup):
-  """SGD (momentum 0.9) whose lr ramps linearly to `peak` over `warmup` steps (1: constant)."""
-  return optim.get("sgd")(learning_rate=lambda count: peak * jnp.minimum(1.0, (count + 1.0) / warmup), momentum=0.9)
-
-
-@functools.cache
 def _runs():
-  """{(peak, warmup): [History per seed]} for both peaks, with and without warm-up, λ_max every 40 steps."""
-  problem = problems.build("char_transformer", seq_len=16, width=16, num_layers=1, num_heads=2)
-  mon = monitor.Monitor(["lambda_max"], problem.loss, optimizer={"name": "sgd"}, lanczos_iters=6)
-  points = [(lr, w) for lr in (_CONTROL, _PEAK) for w in (1.0, _WARMUP)]
-  hparams = {"peak": np.float32([p[0] for p in points for _ in SEEDS]),
-             "warmup": np.float32([p[1] for p in points for _ in SEEDS])}
-  histories = train.fit_vmapped(problem, _sgd, hparams, np.array(SEEDS * len(points)), steps=_STEPS,
-                                batch_size=32, monitor=mon, monitor_every=40)
-  return {p: histories[i * len(SEEDS):(i + 1) * len(SEEDS)] for i, p in enumerate(points)}
+  """{(peak, warmup): [History per seed]} for both peaks, with and without warm-up."""
+  return {point: shared.runs()[key] for point, key in shared.WARMUP.items()}
 
 
 def _trained(history):
-  """Finite throughout and the final loss under 3/4 of the first (as experiments/warmup.py counts)."""
-  loss = np.asarray(history.loss, np.float64)
+  """Finite over the first 120 steps and their last 10 losses under 3/4 of the first (as
+  experiments/warmup.py counts)."""
+  loss = np.asarray(history.loss, np.float64)[:_STEPS]
   return bool(np.all(np.isfinite(loss)) and loss[-10:].mean() < 0.75 * loss[0])
 
 
@@ -50,19 +34,19 @@ def test_a_peak_lr_that_diverges_without_warmup_trains_with_it():
   # Without warm-up lr 1.5 blows up (NaN, or a loss of 1e10 and more) within the 120 steps in every seed;
   # reached over 100 steps it trains. The control lr 0.1 trains either way.
   assert not any(_trained(h) for h in runs[_PEAK, 1.0]), [h.diverged_at for h in runs[_PEAK, 1.0]]
-  assert all(_trained(h) for h in runs[_PEAK, _WARMUP]), [h.loss[-1] for h in runs[_PEAK, _WARMUP]]
+  assert all(_trained(h) for h in runs[_PEAK, _WARMUP]), [h.loss[_STEPS - 1] for h in runs[_PEAK, _WARMUP]]
   assert all(_trained(h) for w in (1.0, _WARMUP) for h in runs[_CONTROL, w])
 
 
 def test_warmup_keeps_the_early_sharpness_under_the_edge_only_where_the_lr_is_large():
   early = {p: np.array([findings.early_sharpness(findings.arrays(h), 80) for h in hs]) for p, hs in _runs().items()}
-  edge = lambda lr: monitor.stability_edge({"name": "sgd", "learning_rate": lr, "momentum": 0.9})  # (2 + 2β)/lr
   # The median λ_max at steps 40 and 80. At lr 1.5 without warm-up it blows up past the edge 2.5 (inf);
   # behind the warm-up it stays near the peak's edge (2.0-3.6 measured). The control lr 0.1 stays far
   # under its edge 38 either way (4-9), warm-up or not: there is no instability for warm-up to prevent.
-  assert np.all(early[_PEAK, 1.0] > 10 * edge(_PEAK)), early
-  assert np.all(early[_PEAK, _WARMUP] < 2 * edge(_PEAK)), early
-  assert np.all(early[_CONTROL, 1.0] < 0.5 * edge(_CONTROL)) and np.all(early[_CONTROL, _WARMUP] < 0.5 * edge(_CONTROL)), early
+  assert np.all(early[_PEAK, 1.0] > 10 * shared.edge(_PEAK)), early
+  assert np.all(early[_PEAK, _WARMUP] < 2 * shared.edge(_PEAK)), early
+  assert np.all(early[_CONTROL, 1.0] < 0.5 * shared.edge(_CONTROL)), early
+  assert np.all(early[_CONTROL, _WARMUP] < 0.5 * shared.edge(_CONTROL)), early
 
 
 def test_early_sharpness_is_the_median_up_to_the_step_counting_blowups_as_infinite():

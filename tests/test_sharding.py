@@ -173,27 +173,31 @@ DEFAULT = PRELUDE + EXPLICIT + textwrap.dedent("""
       key = jax.random.key(4)
 
       def measure(params, batch):
+        # The estimators the monitor does not call (it runs the HVP, GGN, Lanczos scan, Hutchinson
+        # trace and SLQ quadrature itself), then every monitor metric.
         obj = lambda p: pb.loss(p, batch)
-        hess, ggn = curvature.hvp_fn(obj, params), curvature.ggn_fn(lambda p: model_fn(p, batch),
-                                                                      lambda o: pb.output_loss_fn(o, batch), params)
+        hess = curvature.hvp_fn(obj, params)
         fisher = curvature.fisher_fn(lambda p: model_fn(p, batch), params, key, likelihood="gaussian", num_samples=2)
         grads = jax.grad(obj)(params)
         updates, state = tx.update(grads, tx.init(params), params)
-        out = {"hvp": hess(grads), "ggn": ggn(grads), "fisher": fisher(grads),
+        out = {"fisher": fisher(grads),
                "hutchinson_diag": curvature.hutchinson_diag(hess, params, key, 3),
-               "hutchinson_trace": curvature.hutchinson_trace(hess, params, key, 3).value,
                "hutchpp_trace": curvature.hutchpp_trace(hess, params, key, 6).value,
                "exact_trace": curvature.hutchinson_trace(hess, params, key, 256).value,   # n = 212 <= 256
-               "lanczos_python": curvature.lanczos_eigs(hess, params, key, 10, loop="python").top_values,
-               "power_iteration": curvature.power_iteration(hess, params, key, 30)[0],
-               "lanczos_eigs": curvature.lanczos_eigs(hess, params, key, 10, k=2).top_values,
-               "slq_density": curvature.slq_density(hess, params, key, 8, 2, num_points=64)[1]}
+               "power_iteration": curvature.power_iteration(hess, params, key, 30)[0]}
         mon = monitors.Monitor(monitors.METRICS, pb.loss, model_fn=model_fn, output_loss_fn=pb.output_loss_fn,
                                optimizer={"name": "adam", "learning_rate": 1e-2}, lanczos_iters=8, top_k=4,
                                trace_samples=2, seed=3)
         out |= {f"monitor.{k}": v for k, v in mon(params, grads, updates, state, batch, 3).items()}
         return out
 
+      def measure_host_loop(params, batch):
+        # loop="python" drives its compiled matvec from the host, so it stays out of measure's program.
+        hess = jax.jit(curvature.hvp_fn(lambda p: pb.loss(p, batch), params))
+        return {"lanczos_python": curvature.lanczos_eigs(hess, params, key, 10, loop="python").top_values}
+
+      # One program per placement (eager dispatch of every estimator over 8 devices took a minute).
+      measure = (lambda jitted: lambda p, b: jitted(p, b) | measure_host_loop(p, b))(jax.jit(measure))
       one = measure(params, batch)
       mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
       with jax.set_mesh(mesh):
@@ -343,8 +347,8 @@ def test_monitor_lambda_max_and_trace_equal_one_device(default_results):
 
 def test_curvature_and_monitor_on_an_explicit_mesh_equal_one_device(default_results):
   diffs = _ok(default_results["explicit_curvature"])
-  assert {"hvp", "ggn", "fisher", "hutchinson_diag", "hutchpp_trace", "exact_trace", "lanczos_python",
-          "slq_density", "monitor.spectral_density", "monitor.preconditioned_lambda_max"} <= set(diffs)
+  assert {"fisher", "hutchinson_diag", "hutchpp_trace", "exact_trace", "power_iteration", "lanczos_python",
+          "monitor.spectral_density", "monitor.preconditioned_lambda_max", "monitor.ggn_lambda_max"} <= set(diffs)
   assert sum(name.startswith("monitor.") for name in diffs) >= len(monitors.METRICS), sorted(diffs)
   assert max(diffs.values()) < 1e-10, diffs
 
