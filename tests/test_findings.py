@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.flatten_util
 import numpy as np
 import optax
 import pytest
@@ -121,6 +122,27 @@ def test_random_directions_hold_k_over_n_of_the_gradient():
   assert abs(np.mean(shares) / (10 / 2000) - 1) < 0.15, np.mean(shares)
   basis = np.eye(2000)[:, :10]  # the top coordinates are not random: their share is exact and different
   assert abs(np.sum((basis.T @ grad) ** 2) / np.sum(grad**2) - np.mean(shares)) > 0.5 * 10 / 2000
+
+
+def test_the_sgd_gradient_moves_into_the_top_c_hessian_subspace():
+  """Claim 5 (Gur-Ari et al.; configs/gradient_subspace.yaml) at test size: digits MLP 32, C = 10,
+  cross-entropy, SGD lr 0.2, batch 128. The share of the batch gradient in the batch Hessian's top-C
+  eigenvectors starts near 0.3 and holds 0.66-0.78 (median) over the second half in every seed
+  (measured; the full config reaches 0.95 at step 1000, short of the paper's ~0.9 plateau at this
+  size), while C random directions hold C/n = 0.004 of the same gradient."""
+  problem = problems.build("digits_mlp", hidden=(32,))
+  mon = monitor.Monitor(["top_k_gradient_fraction"], problem.loss, top_k=10, lanczos_iters=20)
+  histories = train.fit_vmapped(problem, optax.sgd, _float32({"learning_rate": [0.2] * 3}), [0, 1, 2], steps=400,
+                                batch_size=128, monitor=mon, monitor_every=25)
+  n = sum(x.size for x in jax.tree.leaves(histories[0].params))
+  for history in histories:
+    share = np.asarray(history.monitor["top_k_gradient_fraction"], np.float64)
+    late = np.median(findings.tail(history.monitor_steps, share, 0.5))
+    assert late > 0.55 and np.mean(share[:2]) < late - 0.15, share
+    data = problem.data["train"]
+    grad = jax.flatten_util.ravel_pytree(jax.grad(problem.loss)(history.params, data))[0]
+    random = findings.random_subspace_fraction(np.asarray(grad), 10)
+    assert random < 5 * 10 / n and late > 50 * random, (random, 10 / n)
 
 
 @functools.cache
