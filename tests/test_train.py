@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from optlab_jax import problems, train
+from optlab_jax import optim, problems, train
 
 STEPS, BATCH, EVERY = 12, 16, 4
 LRS = (3e-3, 1e-2, 3e-2)
@@ -238,7 +239,7 @@ def test_bad_arguments_raise_value_errors():
 
 _CACHED_RUN = """
 import sys, jax, numpy as np, optax
-from optlab_jax import problems, train
+from optlab_jax import optim, problems, train
 train.use_compilation_cache(sys.argv[1], min_compile_secs=0.0)  # these tiny programs compile in < 0.1 s
 hits = []
 jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event) if event.endswith("cache_hits") else None)
@@ -283,3 +284,19 @@ def test_params_of_the_wrong_shape_name_the_argument():
   with pytest.raises(ValueError, match="leading axis"):  # fit_vmapped needs one entry per run
     train.fit_vmapped(problem, optax.sgd, {"learning_rate": np.full(2, 0.1)}, np.array([0, 1]), steps=2,
                       params=params)
+
+
+def test_groups_of_one_problem_compile_the_eval_metrics_once():
+  """A sweep's optimizer groups evaluate one problem: its metrics are one program, compiled by the
+  first group and reused by the next, with each group's own numbers."""
+  problem, traces = problems.build("quadratic", dim=4, condition=10.0), []
+  counted = dataclasses.replace(problem, metrics_fn=lambda data, params: traces.append(1) or problem.metrics_fn(data, params))
+  fit = lambda name: train.fit_vmapped(counted, optim.get(name), {"learning_rate": np.array([0.05, 0.1])},
+                                       np.arange(2), steps=4, eval_every=2)
+  groups = {name: fit(name) for name in ("sgd", "adam")}
+  assert len(traces) == 1
+  assert not np.allclose(groups["sgd"][0].final["loss"], groups["adam"][0].final["loss"])
+  for histories in groups.values():
+    for history in histories:
+      for name, value in jax.device_get(problem.metrics_fn(problem.data, history.params)).items():
+        np.testing.assert_allclose(history.final[name], value, rtol=1e-6, err_msg=name)
