@@ -233,8 +233,9 @@ def test_state_structure_and_dtype_stable(name, dtype):
   state = tx.init(problem.params)
   params = problem.params
   first = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+  step = jax.jit(lambda params, state: one_update(tx, problem, params, state=state))
   for _ in range(3):
-    updates, state = one_update(tx, problem, params, state=state)
+    updates, state = step(params, state)
     chex.assert_trees_all_equal_dtypes(updates, params)
     params = optax.apply_updates(params, updates)
     assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == first
@@ -256,8 +257,9 @@ def test_inject_hyperparams_every_numeric_hyperparameter(name):
   assert set(numeric_hyperparams(name)) | {"learning_rate"} <= set(state_i.hyperparams)
   params_p = params_i = problem.params
   update_i = jax.jit(lambda g, s, p: injected.update(g, s, p, **P.extra_args(problem, p)))
+  update_p = jax.jit(lambda p, s: one_update(plain, problem, p, state=s))
   for _ in range(3):
-    up, state_p = one_update(plain, problem, params_p, state=state_p)
+    up, state_p = update_p(params_p, state_p)
     ui, state_i = update_i(P.extra_args(problem, params_i)["grad"], state_i, params_i)
     scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(params_p))
     atol = max(1e-7, PARAMS_ULPS.get(name, 0) * float(np.spacing(np.float32(scale))))
