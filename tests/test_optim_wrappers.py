@@ -1,8 +1,9 @@
 """Every registry optimizer in every wrapper users put it in, on a small Flax NNX classifier.
 
-Each cell trains a 4-8-3 tanh MLP for 30 jitted full-batch steps with one train step that
+Each cell trains a 4-8-3 tanh MLP for 30 jitted full-batch steps with a train step that
 passes every extra argument (`obj_fn`, `model_fn`, `output_loss_fn`, `value`, `grad`,
-`value_fn`), and asserts that the loss falls and that the step traced once. The matrix is
+`value_fn`), and asserts that the loss falls, that the state keeps its types (no retrace) and that
+the step traced once. An optimizer's default cells train side by side in one program. The matrix is
 parametrised over `optim.names()`, so an optimizer added to the registry is covered.
 
 TUNING: per optimizer, the learning rate (and hyperparameters) that trains in 30 steps.

@@ -125,11 +125,11 @@ EXPLICIT = textwrap.dedent("""
       return res
 """)
 
-DEFAULT = PRELUDE + EXPLICIT + textwrap.dedent("""
+DEFAULT = PRELUDE + textwrap.dedent("""
     from jax.sharding import NamedSharding, PartitionSpec as P
     from optlab_jax import monitor as monitors, sharding
     names = sys.argv[1].split(",")
-    out = {"explicit": {n: guarded(explicit, n) for n in sys.argv[2].split(",")}}
+    out = {}
     # adam on both meshes; the others on 2x4 (data and model sharded at once): 8x1 under -m slow.
     out["trajectory"] = {n: guarded(trajectories, n, "float64", MESHES if n == "adam" else {"2x4": MESHES["2x4"]})
                          for n in names}
@@ -242,7 +242,7 @@ SLOW = PRELUDE + textwrap.dedent("""
     out["rounding"] = {n: guarded(rounding, n) for n in ROUNDING_SENSITIVE + ("shampoo", "adam")}
     print(json.dumps(out))
 """).replace("ROUNDING_SENSITIVE", repr(tuple(ROUNDING_SENSITIVE)))
-SLOW_EXPLICIT = PRELUDE + EXPLICIT + textwrap.dedent("""
+EXPLICIT_SCRIPT = PRELUDE + EXPLICIT + textwrap.dedent("""
     print(json.dumps({n: guarded(explicit, n) for n in sys.argv[1].split(",")}))
 """)
 
@@ -256,14 +256,22 @@ def _run(script: str, *args: str) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# Every test of this module runs on one xdist worker (the suite's `--dist loadgroup`), so the
-# default script runs once per session; its crash is reported by each test.
+# The tests of each default script run on one xdist worker (the suite's `--dist loadgroup`), so it
+# runs once per session, beside the other script on the other worker; its crash is reported by each test.
+# (The explicit checks add the group "sharding_explicit"; xdist joins the names into a group of their own.)
 pytestmark = pytest.mark.xdist_group("sharding")
 
 
 @pytest.fixture(scope="session")
 def default_results() -> dict:
-  out = _run(DEFAULT, ",".join(TRAJECTORY_DEFAULT), ",".join(EXPLICIT_DEFAULT))
+  out = _run(DEFAULT, ",".join(TRAJECTORY_DEFAULT))
+  assert "crashed" not in out, out.get("crashed")
+  return out
+
+
+@pytest.fixture(scope="session")
+def explicit_results() -> dict:
+  out = _run(EXPLICIT_SCRIPT, ",".join(EXPLICIT_DEFAULT))
   assert "crashed" not in out, out.get("crashed")
   return out
 
@@ -275,20 +283,19 @@ def _ok(result):
 
 @pytest.fixture(scope="session")
 def slow_explicit_results() -> dict:
-  out = _run(SLOW_EXPLICIT, ",".join(n for n in optim.names() if n not in EXPLICIT_DEFAULT))
+  out = _run(EXPLICIT_SCRIPT, ",".join(n for n in optim.names() if n not in EXPLICIT_DEFAULT))
   assert "crashed" not in out, out.get("crashed")
   return out
 
 
 def _explicit_marks(name: str) -> list:
-  return [] if name in EXPLICIT_DEFAULT else [pytest.mark.slow]
+  return [pytest.mark.xdist_group("sharding_explicit")] if name in EXPLICIT_DEFAULT else [pytest.mark.slow]
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=_explicit_marks(n)) for n in optim.names()])
 def test_optax_sharding_checks_with_explicit_mesh(request, name):
-  source = "default_results" if name in EXPLICIT_DEFAULT else "slow_explicit_results"
-  found = request.getfixturevalue(source)
-  res = _ok(found["explicit"][name] if source == "default_results" else found[name])
+  found = request.getfixturevalue("explicit_results" if name in EXPLICIT_DEFAULT else "slow_explicit_results")
+  res = _ok(found[name])
   assert res["abstract_init"] is True, res
   assert "error" not in res, res["error"]
   assert res["update_types"] and res["jit_init_types"] and res["jit_update_types"], res
