@@ -134,12 +134,11 @@ def test_the_sgd_gradient_moves_into_the_top_c_hessian_subspace():
   mon = monitor.Monitor(["top_k_gradient_fraction"], problem.loss, top_k=10, lanczos_iters=20)
   histories = train.fit_vmapped(problem, optax.sgd, _float32({"learning_rate": [0.2] * 3}), [0, 1, 2], steps=400,
                                 batch_size=128, monitor=mon, monitor_every=25)
-  n = sum(x.size for x in jax.tree.leaves(histories[0].params))
+  n, data = sum(x.size for x in jax.tree.leaves(histories[0].params)), problem.data["train"]
   for history in histories:
     share = np.asarray(history.monitor["top_k_gradient_fraction"], np.float64)
     late = np.median(findings.tail(history.monitor_steps, share, 0.5))
     assert late > 0.55 and np.mean(share[:2]) < late - 0.15, share
-    data = problem.data["train"]
     grad = jax.flatten_util.ravel_pytree(jax.grad(problem.loss)(history.params, data))[0]
     random = findings.random_subspace_fraction(np.asarray(grad), 10)
     assert random < 5 * 10 / n and late > 50 * random, (random, 10 / n)

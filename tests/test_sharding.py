@@ -197,7 +197,8 @@ DEFAULT = PRELUDE + textwrap.dedent("""
         return {"lanczos_python": curvature.lanczos_eigs(hess, params, key, 10, loop="python").top_values}
 
       # One program per placement (eager dispatch of every estimator over 8 devices took a minute).
-      measure = (lambda jitted: lambda p, b: jitted(p, b) | measure_host_loop(p, b))(jax.jit(measure))
+      jitted = jax.jit(measure)
+      measure = lambda p, b: jitted(p, b) | measure_host_loop(p, b)
       one = measure(params, batch)
       mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
       with jax.set_mesh(mesh):
