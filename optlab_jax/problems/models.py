@@ -21,15 +21,41 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-Norm = Literal["none", "layer"]
-NORMS = ("none", "layer")
+Norm = Literal["none", "layer", "batch"]
+NORMS = ("none", "layer", "batch")
+
+
+class BatchNorm(nnx.Module):
+  """Batch normalisation in training mode: each feature standardised over the batch it is applied to,
+  y = γ ⊙ (z − mean_batch(z)) / sqrt(var_batch(z) + ε) + β, with no running averages.
+
+  The loss is then a function of the whole batch (the landscape Santurkar et al. measure), and an
+  evaluation standardises with the evaluated set's own statistics (a full test set: its population's).
+  `nnx.BatchNorm` keeps running averages as mutable state, which a pure `model_fn` cannot update.
+
+  References: Ioffe & Szegedy, 2015, Batch normalization (arXiv:1502.03167).
+  """
+
+  def __init__(self, features: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs, epsilon: float = 1e-5):
+    del rngs  # γ = 1, β = 0: no random init
+    self.scale = nnx.Param(jnp.ones((features,), param_dtype))
+    self.bias = nnx.Param(jnp.zeros((features,), param_dtype))
+    self.dtype, self.epsilon = dtype, epsilon
+
+  def __call__(self, z: jax.Array) -> jax.Array:
+    batch_axes, feature_shape = tuple(range(z.ndim - 1)), (1,) * (z.ndim - 1) + (-1,)
+    mean, var = z.mean(batch_axes, keepdims=True), z.var(batch_axes, keepdims=True)
+    scale, bias = self.scale[...].reshape(feature_shape), self.bias[...].reshape(feature_shape)
+    return ((z - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias).astype(self.dtype)
 
 
 class MLP(nnx.Module):
   """Dense layers `sizes[0] → sizes[1] → … → sizes[-1]`, the activation between them.
 
   `norm="layer"` puts a LayerNorm (learned scale and shift, ε = 1e-6) between each hidden layer's
-  dense map and its activation: h = act(γ ⊙ (z − mean(z)) / sqrt(var(z) + ε) + β), z = W x + b.
+  dense map and its activation: h = act(γ ⊙ (z − mean(z)) / sqrt(var(z) + ε) + β), z = W x + b, the
+  mean and variance over z's features; `norm="batch"` puts a `BatchNorm` there (the same formula,
+  ε = 1e-5, the mean and variance of each feature over the batch).
 
   References: Ba et al., 2016, Layer normalization (arXiv:1607.06450).
   """
@@ -40,7 +66,8 @@ class MLP(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=dtype, rngs=rngs)
     self.layers = nnx.List([nnx.Linear(n_in, n_out, **kw) for n_in, n_out in zip(sizes[:-1], sizes[1:])])
     # None, not an empty list, without norms: the params keep the tree they had before the option.
-    self.norms = nnx.List([nnx.LayerNorm(n, **kw) for n in sizes[1:-1]]) if norm == "layer" else None
+    norm_layer = {"layer": nnx.LayerNorm, "batch": BatchNorm}.get(norm)
+    self.norms = None if norm_layer is None else nnx.List([norm_layer(n, **kw) for n in sizes[1:-1]])
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, layer in enumerate(self.layers[:-1]):
