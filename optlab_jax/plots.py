@@ -5,10 +5,11 @@ the train loss, each eval metric and each monitor metric; a metric with a `<name
 
 The λ_max figure draws each optimizer's stability edge (`monitor.stability_edge`: 2/lr for GD,
 (2 + 2β)/lr for heavy-ball momentum) dashed in its point's colour and labelled in the legend, only
-where one applies; `preconditioned_lambda_max` gets `monitor.preconditioned_stability_edge`. An
-edge far above the curves would squash them, so the axis is logarithmic and clipped a decade above
-the data; a clipped edge says so in its label. Plots use matplotlib's object API (`Figure`, no
-pyplot), so no GUI backend is touched.
+where one applies; points that share an edge share one grey line ("stability edge of 6 points").
+`preconditioned_lambda_max` gets `monitor.preconditioned_stability_edge`. An edge far above the
+curves would squash them, so the axis is logarithmic and clipped a decade above the data; a clipped
+edge says so in its label. A legend of more than `_INSIDE_LEGEND` entries goes beside the axes, off
+the curves. Plots use matplotlib's object API (`Figure`, no pyplot), so no GUI backend is touched.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ _EDGES: dict[str, Callable[[dict], float | None]] = {
 }
 _BAND_ALPHA = 0.15
 _HEADROOM = 10.0  # the axis ends at most this factor above the data (a decade on a log axis)
+_INSIDE_LEGEND = 6  # a longer legend is drawn beside the axes
 
 
 class Curve(NamedTuple):
@@ -69,11 +71,16 @@ def curves(directory: str | Path) -> dict[str, list[Curve]]:
   return out
 
 
-def _edges(name: str, lines: list[Curve]) -> list[tuple[int, float]]:
-  """(index of the curve, its stability edge) for the curves of `name` that have one."""
+def _edges(name: str, lines: list[Curve]) -> dict[float, list[int]]:
+  """Stability edge -> the indices of the curves of `name` that have it (equal to rounding)."""
   edge_fn = _EDGES.get(name)
   found = [(i, edge_fn(c.config["optimizer"])) for i, c in enumerate(lines)] if edge_fn else []
-  return [(i, edge) for i, edge in found if edge is not None and np.isfinite(edge)]
+  groups: dict[float, list[int]] = {}
+  for i, edge in found:
+    if edge is not None and np.isfinite(edge):
+      same = [e for e in groups if np.isclose(e, edge, rtol=1e-9, atol=0.0)]
+      groups.setdefault(same[0] if same else float(edge), []).append(i)
+  return groups
 
 
 def figure(name: str, lines: list[Curve], stderr: list[Curve] | None = None) -> Figure:
@@ -97,22 +104,25 @@ def figure(name: str, lines: list[Curve], stderr: list[Curve] | None = None) -> 
   positive = data.size > 0 and bool(np.all(data > 0))
   edges = _edges(name, lines)
   if edges and data.size:
-    top = min(max(data.max(), *(e for _, e in edges)) * 1.3, data.max() * _HEADROOM)
+    top = min(max(data.max(), *edges) * 1.3, data.max() * _HEADROOM)
     if positive:
       ax.set_yscale("log")
       ax.set_ylim(data.min() / 1.3, top)
     else:
       ax.set_ylim(data.min() - 0.05 * (top - data.min()), top)
-    for i, edge in edges:
+    for edge, (first, *rest) in edges.items():
       note = ", above the plot" if edge > top else ""
-      ax.axhline(edge, color=f"C{i % 10}", linestyle="--", linewidth=1,
-                 label=f"stability edge of {lines[i].label}: {edge:.3g}{note}")
+      owner, color = (f"{len(rest) + 1} points", "0.35") if rest else (lines[first].label, f"C{first % 10}")
+      ax.axhline(edge, color=color, linestyle="--", linewidth=1, label=f"stability edge of {owner}: {edge:.3g}{note}")
   elif "loss" in name and positive:
     ax.set_yscale("log")
   if name == "monitor.eos_ratio":
     ax.axhline(1.0, color="k", linestyle="--", linewidth=1, label="stability edge (ratio 1)")
   ax.set(xlabel="step", ylabel=name.split(".")[-1], title=_TITLES.get(name, name.replace(".", ": ")))
-  ax.legend(fontsize="small")
+  if len(ax.get_legend_handles_labels()[1]) > _INSIDE_LEGEND:
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+  else:
+    ax.legend(fontsize="small")
   ax.grid(alpha=0.3)
   return fig
 

@@ -77,6 +77,17 @@ def test_lambda_max_figure_labels_each_edge_that_applies_and_keeps_curves_readab
   assert ax.get_yscale() == "log" and low <= 4.5 and heavy_ball < high <= 33.0 * 10
 
 
+def test_points_that_share_an_edge_share_one_line_and_a_long_legend_leaves_the_curves():
+  lines = [curve(f"gd {i}", [5.0 + i, 9.0], name="sgd") for i in range(6)] + [curve("sgd-m", [5.0, 9.0], name="sgd",
+                                                                                    momentum=0.9)]
+  fig = plots.figure("monitor.lambda_max", lines)
+  ax, texts, dashed = legend_and_edges(fig)
+  assert dashed == pytest.approx({"stability edge of 6 points: 40": 40.0, "stability edge of sgd-m: 76": 76.0})
+  assert [line.get_color() for line in ax.get_lines() if line.get_linestyle() == "--"] == ["0.35", "C6"]
+  fig.canvas.draw()  # 9 entries: the legend sits right of the axes, over none of the curves
+  assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+
+
 def test_an_edge_far_above_the_data_is_clipped_and_says_so():
   lines = [curve("sgd", [1.0, 2.0], name="sgd", learning_rate=0.001)]  # edge 2000
   ax, texts, dashed = legend_and_edges(plots.figure("monitor.lambda_max", lines))
