@@ -143,6 +143,8 @@ BAD = [
     ((), ["seeds=[a]"], "--set seeds[0]: Input should be a valid integer, got 'a'"),
     ((), ["train.batch_size=0"], "--set train.batch_size: expected a positive integer or 'full', got 0"),
     ((), ["sweep.grid.optimizer.momentum=[0.1, -1]"], "--set sweep.grid.optimizer.momentum[1]: momentum=-1.0 is out of range"),
+    ((), ["landscape.grdi=5"], "--set landscape.grdi: unknown key; did you mean 'grid'?"),
+    ((), ["bogus.x=1"], "--set bogus: unknown key"),
 ]
 
 
@@ -153,6 +155,13 @@ def test_bad_config_gives_one_message_naming_file_and_path(tmp_path, edit, overr
   message = error(path, overrides)
   assert message.startswith(f"{path}: {expected}"), message
   assert "\n" not in message
+
+
+def test_set_reaches_the_file_level_landscape_section(tmp_path):
+  path = write(tmp_path, BASE + "landscape: {grid: 7}\n")
+  experiment = config.load(path, ["landscape.grid=5", "landscape.connect_steps=3"])
+  assert (experiment.landscape["grid"], experiment.landscape["connect_steps"]) == (5, 3)
+  assert "landscape" not in experiment.runs[0].config  # a file-level section, not a point's
 
 
 def test_set_without_equals_is_an_error(tmp_path):

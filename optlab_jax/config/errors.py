@@ -118,7 +118,8 @@ class Source:
   sets: list[tuple[tuple[str, ...], Any]]
 
   def _from_set(self, loc: tuple) -> bool:
-    return any(loc[: len(key)] == key for key, _ in self.sets)
+    """Whether a `--set` wrote `loc` or what holds it (`--set bogus.x=1` made the unknown key `bogus`)."""
+    return any(loc[: len(key)] == key or key[: len(loc)] == loc for key, _ in self.sets)
 
   def message(self, e: Invalid, axes: tuple = ()) -> str:
     """The line of `e`, raised at a sweep point with sweep values `axes` (`config.Axis`)."""

@@ -80,7 +80,7 @@ def _point(spec: File, axes: tuple[Axis, ...], sets: list) -> dict:
         raise Invalid(axis.path, f"a sweep axis sets a key of {' / '.join(SECTIONS)}")
       _assign(point, axis.path, axis.value)
   for key, value in sets:
-    if key[0] not in ("sweep", "seeds"):
+    if key[0] in SECTIONS:
       with errors.catch():
         _assign(point, key, value)
   with errors.catch():
@@ -101,8 +101,8 @@ def load(path: str, overrides: collections.abc.Sequence[str] = ()) -> Experiment
     raise ConfigError(f"{path}: expected a mapping with the keys {', '.join(File.model_fields)}")
   sets = [parse_set(s) for s in overrides]
   found: list[tuple[Invalid, tuple[Axis, ...]]] = []  # each error, with the sweep values behind it
-  for key, value in sets:  # sweep and seeds apply to the file; the others to every point
-    if key[0] in ("sweep", "seeds"):
+  for key, value in sets:  # the point sections' keys apply to every point; sweep, seeds, landscape to the file
+    if key[0] not in SECTIONS:
       try:
         _assign(raw, key, value)
       except Invalid as e:
