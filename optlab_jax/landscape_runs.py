@@ -31,12 +31,16 @@ EXACT_MAX_PARAMS = 2000
 
 
 def _trajectory(problem, cfg: dict, record_every: int) -> tuple[Any, Any, Any]:
-  """(init params, final params, the trajectory stacked along axis 0) of the run `cfg`."""
+  """(init params, final params, the trajectory stacked along axis 0) of the run `cfg`: the
+  initialisation, the params every `record_every` steps, and the final params."""
   record = jax.jit(lambda params, *rest: {"params": ravel_pytree(params)[0]})
   history = sweep.refit(cfg, problem, monitor=record, monitor_every=record_every)
   init = problem.init_params(jax.random.split(jax.random.key(cfg["seed"]))[0])
   flat, unravel = ravel_pytree(init)
-  snapshots = np.concatenate([np.asarray(flat)[None], history.monitor["params"]])
+  recorded = list(history.monitor.get("params", []))
+  if not len(history.monitor_steps) or history.monitor_steps[-1] != cfg["train"]["steps"]:
+    recorded.append(ravel_pytree(history.params)[0])  # the run ended between two records
+  snapshots = np.stack([np.asarray(flat), *map(np.asarray, recorded)])
   return init, history.params, jax.vmap(unravel)(jnp.asarray(snapshots, flat.dtype))
 
 
@@ -112,4 +116,8 @@ def run(experiment: config.Experiment, out: str | Path, echo: Callable[[str], No
       echo(f"{label}: PCA explains {100 * float(np.sum(arrays['explained'])):.1f}% of the trajectory; "
            f"interpolation init -> solution max bump {float(arrays['interp_max_bump']):.3g}")
       written.append(landscape_plots.save(out, path.stem, label=label, **arrays))
+    # A point's programs close over its problem, so the next point cannot reuse them, yet JAX's jit
+    # caches would keep them all (about 900 memory mappings a run: a 90-run config exhausted the
+    # kernel's 65,530 and crashed). The seeds of one point share them; they go when the point is done.
+    jax.clear_caches()
   return written
