@@ -9,7 +9,7 @@ where one applies; points that share an edge share one grey line ("stability edg
 `preconditioned_lambda_max` gets `monitor.preconditioned_stability_edge`. An edge far above the
 curves would squash them, so the axis is logarithmic and clipped a decade above the data; a clipped
 edge says so in its label. A legend of more than `_INSIDE_LEGEND` entries goes beside the axes, off
-the curves. Plots use matplotlib's object API (`Figure`, no pyplot), so no GUI backend is touched.
+the curves, and the figure widens by the legend's width. Plots use matplotlib's object API (`Figure`, no pyplot), so no GUI backend is touched.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def figure(name: str, lines: list[Curve], stderr: list[Curve] | None = None) -> 
     ax.axhline(1.0, color="k", linestyle="--", linewidth=1, label="stability edge (ratio 1)")
   ax.set(xlabel="step", ylabel=name.split(".")[-1], title=_TITLES.get(name, name.replace(".", ": ")))
   if len(ax.get_legend_handles_labels()[1]) > _INSIDE_LEGEND:
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    legend = fig.legend(*ax.get_legend_handles_labels(), fontsize="small", loc="outside right upper")
+    fig.set_figwidth(fig.get_figwidth() + legend.get_window_extent().width / fig.dpi)  # the axes keep their width
   else:
     ax.legend(fontsize="small")
   ax.grid(alpha=0.3)

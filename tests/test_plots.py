@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+import matplotlib.backends.backend_agg
 import matplotlib.collections
 import matplotlib.image
 import numpy as np
@@ -59,9 +62,18 @@ def curve(label, values, **optimizer):
 
 def legend_and_edges(fig):
   (ax,) = fig.axes
-  texts = [t.get_text() for t in ax.get_legend().get_texts()]
+  legend = ax.get_legend() or fig.legends[0]  # a long legend is the figure's, beside the axes
+  texts = [t.get_text() for t in legend.get_texts()]
   dashed = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"}
   return ax, texts, dashed
+
+
+def drawn(fig):
+  """`fig` laid out and drawn as `savefig` does it (a bare Figure's canvas draws nothing)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # e.g. "constrained_layout not applied because axes sizes collapsed to zero"
+    matplotlib.backends.backend_agg.FigureCanvasAgg(fig).draw()
+  return fig
 
 
 def test_lambda_max_figure_labels_each_edge_that_applies_and_keeps_curves_readable():
@@ -84,8 +96,12 @@ def test_points_that_share_an_edge_share_one_line_and_a_long_legend_leaves_the_c
   ax, texts, dashed = legend_and_edges(fig)
   assert dashed == pytest.approx({"stability edge of 6 points: 40": 40.0, "stability edge of sgd-m: 76": 76.0})
   assert [line.get_color() for line in ax.get_lines() if line.get_linestyle() == "--"] == ["0.35", "C6"]
-  fig.canvas.draw()  # 9 entries: the legend sits right of the axes, over none of the curves
-  assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+  drawn(fig)  # 9 entries: the legend sits right of the axes, over none of the curves
+  assert fig.legends[0].get_window_extent().x0 > ax.get_window_extent().x1
+  # Labels as long as a PINN config's: the figure widens, and the axes keep their width.
+  wide = drawn(plots.figure("monitor.lambda_max", [c._replace(label=c.label + " with a long label" * 8) for c in lines]))
+  assert wide.axes[0].get_window_extent().width == pytest.approx(ax.get_window_extent().width, rel=0.05)
+  assert wide.legends[0].get_window_extent().x0 > wide.axes[0].get_window_extent().x1
 
 
 def test_an_edge_far_above_the_data_is_clipped_and_says_so():
