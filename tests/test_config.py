@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import math
 import textwrap
 from pathlib import Path
@@ -63,6 +64,20 @@ def test_schedule_spec_builds_the_optax_schedule(tmp_path):
   schedule = config.optimizer_kwargs(run.config["optimizer"])["learning_rate"]
   for t in (0, 30, 100):  # the closed form of cosine decay
     np.testing.assert_allclose(float(schedule(t)), 0.1 * 0.5 * (1 + math.cos(math.pi * t / 100)), rtol=1e-6)
+
+
+def test_a_schedule_with_integer_keys_survives_the_resolved_configs_json(tmp_path):
+  spec = "{name: piecewise_constant_schedule, init_value: 0.1, boundaries_and_scales: {5: 0.1, 8: 0.5}}"
+  run = config.load(write(tmp_path, BASE.replace("learning_rate: 0.1", f"learning_rate: {spec}"))).runs[0]
+  stored = json.loads(json.dumps(run.config))  # runs.jsonl's form, which a sweep builds from: keys "5", "8"
+  schedule = config.optimizer_kwargs(stored["optimizer"])["learning_rate"]
+  for t, lr in [(0, 0.1), (4, 0.1), (5, 0.01), (7, 0.01), (8, 0.005), (20, 0.005)]:
+    np.testing.assert_allclose(float(schedule(t)), lr, rtol=1e-6)  # optax: the scale applies from step 5 on
+
+
+def test_errors_raised_outside_load_still_read():
+  message = str(config.Errors([config.Invalid(("optimizer", "b1"), "b1=2 is out of range")]))
+  assert message == "optimizer.b1: b1=2 is out of range"
 
 
 def test_a_schedule_spec_nests_inside_linear_warmup(tmp_path):

@@ -44,6 +44,9 @@ class Errors(Exception):
     super().__init__()
     self.errors = list(errors)
 
+  def __str__(self) -> str:  # raised outside `config.load` (a resolved config rebuilt), it still reads
+    return "; ".join(f"{dotted(e.loc)}: {e.msg}" for e in self.errors)
+
   @contextlib.contextmanager
   def catch(self):
     """Records what the block raises (an `Invalid` or `Errors`) instead of raising it."""

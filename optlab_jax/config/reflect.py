@@ -43,7 +43,10 @@ def _yaml_type(tp: Any) -> Any:
     inner = tuple(a if a is Ellipsis else _checkable(a) for a in args) or (Any, ...)
     return Annotated[tuple[inner], Strict(False)]  # YAML lists become tuples
   if origin is dict or tp is dict:
-    return dict[tuple(map(_checkable, args))] if args else dict
+    if not args:
+      return dict
+    key = _checkable(args[0])  # JSON writes every key as a string: a resolved config's {"5": 0.1} is {5: 0.1}
+    return dict[key if key in (str, Any) else Annotated[key, Strict(False)], _checkable(args[1])]
   if tp is Any or tp is inspect.Parameter.empty:
     return Any
   return _NOT_YAML
