@@ -38,7 +38,7 @@ def lottery(runs: list[config.Run], args) -> dict:
   problem = config.build_problem(cfg["problem"])
   kwargs = config.optimizer_kwargs(cfg["optimizer"])
   factory = optim.get(cfg["optimizer"]["name"])
-  fit_kwargs = {k: v for k, v in sweep._fit_kwargs(cfg).items() if k in ("batch_size", "eval_every", "loop")}
+  fit_kwargs = {k: v for k, v in sweep.fit_kwargs_of(cfg).items() if k in ("batch_size", "eval_every", "loop")}
   tic = time.perf_counter()
   show = lambda r: print(f"  density {r.density:.4f}: ticket {_cell(_finals(r.ticket))}  "
                          f"re-init {_cell(_finals(r.reinit))}  ({time.perf_counter() - tic:.0f} s)", flush=True)

@@ -80,7 +80,8 @@ def _monitor(cfg: dict, problem: Any) -> dict[str, Any]:
   return {"monitor": config.build_monitor(cfg, problem), "monitor_every": cfg["monitor"]["every"]}
 
 
-def _fit_kwargs(cfg: dict) -> dict[str, Any]:
+def fit_kwargs_of(cfg: dict) -> dict[str, Any]:
+  """The `train.fit` keyword arguments of a run config's `train` section (steps, batch, eval, loop, ...)."""
   t = cfg["train"]
   batch_size = None if t["batch_size"] == "full" else t["batch_size"]
   return dict(steps=t["steps"], batch_size=batch_size, eval_every=t["eval_every"], loop=t["loop"],
@@ -92,7 +93,7 @@ def refit(cfg: dict, problem: Any = None, **kwargs: Any) -> train.History:
   rounding), for analyses that need its params; `kwargs` go to `fit` (a monitor, say)."""
   problem = config.build_problem(cfg["problem"]) if problem is None else problem
   tx = optim.get(cfg["optimizer"]["name"])(**config.optimizer_kwargs(cfg["optimizer"]))
-  fit_kwargs = {k: v for k, v in _fit_kwargs(cfg).items() if k != "checkpoint_every"}
+  fit_kwargs = {k: v for k, v in fit_kwargs_of(cfg).items() if k != "checkpoint_every"}
   return train.fit(problem, tx, seed=cfg["seed"], **(fit_kwargs | kwargs))
 
 
@@ -147,7 +148,7 @@ def _fit_group(
   problem = config.build_problem(cfg["problem"])
   factory = optim.get(cfg["optimizer"]["name"])
   kwargs = [config.optimizer_kwargs(r.config["optimizer"]) for r in runs]
-  fit_kwargs = _fit_kwargs(cfg)
+  fit_kwargs = fit_kwargs_of(cfg)
   tx = factory(**kwargs[0])
   if len(runs) > 1 and train.should_vmap(problem, len(runs), tx=tx, batch_size=fit_kwargs["batch_size"]):
     varying = [k for k in kwargs[0] if len({json.dumps(r.config["optimizer"][k]) for r in runs}) > 1]
