@@ -18,7 +18,7 @@ import pytest
 from optlab_jax import optim
 from optlab_jax.optim import kronecker
 from optlab_jax.optim.soap import scale_by_soap
-from tests.test_optim_shampoo import (F64, best_final_loss, block_slices, matrix_quadratic, mode_product,
+from tests.test_optim_shampoo import (F64, best_late_loss, block_slices, matrix_quadratic, mode_product,
                                       run_steps, tiny_model, unfold)
 
 
@@ -166,8 +166,8 @@ def test_beats_adam_on_ill_conditioned_matrix_quadratic():
   params, loss = matrix_quadratic()
   lrs = [0.003, 0.01, 0.03, 0.1, 0.3]
   initial = float(loss(params))
-  adam = best_final_loss("adam", params, loss, lrs, 400, b1=0.95, b2=0.99)
-  soap = best_final_loss("soap", params, loss, lrs, 400, b1=0.95, b2=0.99, precondition_every=5)
+  adam = best_late_loss("adam", params, loss, lrs, 400, b1=0.95, b2=0.99)
+  soap = best_late_loss("soap", params, loss, lrs, 400, b1=0.95, b2=0.99, precondition_every=5)
   assert soap < 1e-5 * initial and soap < 0.01 * adam, (initial, adam, soap)
 
 

@@ -11,7 +11,8 @@ Padded rows and columns of F_i are zero, so a matrix function of F_i + εI acts 
 block alone; eigenbases treat padded coordinates separately (`eigenbasis`, `power_qr_basis`).
 On an explicit mesh the blocks live on every device (the factors are small matrices; a sharded
 axis could not be contracted without choosing the result's sharding); `from_blocks` puts the
-direction back on its leaf's sharding.
+direction back on its leaf's sharding. On CPU the decompositions of a stack run one block at a
+time (`_per_block`).
 """
 
 from __future__ import annotations
@@ -218,6 +219,17 @@ def _newton_inverse_root(a: jax.Array, p: Any) -> jax.Array:
   return x
 
 
+def _per_block(decompose: Any, stack: jax.Array) -> Any:
+  """`decompose` (eigh, qr) of each matrix of an (N, b, b) stack: batched, but on CPU one at a time.
+
+  jaxlib's batched CPU LAPACK kernels fan the batch out over XLA's intra-op thread pool and wait
+  for it from a thread of that pool, so two of them running at once (a leaf's two factor stacks)
+  can leave every thread of a small pool waiting: Shampoo with `block_size` hung on 2 cores. One
+  matrix per call (a `lax.map`) does not fan out, and runs the same LAPACK routine on each.
+  """
+  return jax.lax.platform_dependent(stack, cpu=lambda s: jax.lax.map(decompose, s), default=decompose)
+
+
 def inverse_root(factors: jax.Array, exponent: Any, damping: Any, method: str) -> jax.Array:
   """(F + ε·λ_max(F)·I)^exponent for a batch of PSD F (exponent < 0; ε = `damping`).
 
@@ -227,7 +239,7 @@ def inverse_root(factors: jax.Array, exponent: Any, damping: Any, method: str) -
   eye = jnp.eye(factors.shape[-1], dtype=factors.dtype)[None]
   tiny = jnp.finfo(factors.dtype).tiny
   if method == "eigh":
-    w, q = jnp.linalg.eigh(factors)
+    w, q = _per_block(jnp.linalg.eigh, factors)
     shift = damping * jnp.maximum(w[..., -1:], tiny)
     w = jnp.maximum(w, 0) + shift
     return jnp.einsum("nab,nb,ncb->nac", q, w ** exponent, q)
@@ -243,7 +255,7 @@ def _with_padding_last(factors: jax.Array, pad: np.ndarray) -> jax.Array:
 
 def eigenbasis(factors: jax.Array, pad: np.ndarray) -> jax.Array:
   """Eigenvectors of each F, columns by descending eigenvalue (padded coordinates last)."""
-  _, q = jnp.linalg.eigh(_with_padding_last(factors, pad))
+  _, q = _per_block(jnp.linalg.eigh, _with_padding_last(factors, pad))
   return q[..., ::-1]
 
 
@@ -254,5 +266,5 @@ def power_qr_basis(factors: jax.Array, basis: jax.Array, pad: np.ndarray):
   estimate = jnp.einsum("nab,nac,ncb->nb", basis, f, basis)
   order = jnp.argsort(-estimate, axis=-1)
   basis = jnp.take_along_axis(basis, order[:, None, :], axis=-1)
-  q, _ = jnp.linalg.qr(f @ basis)
+  q, _ = _per_block(jnp.linalg.qr, f @ basis)
   return q, order
