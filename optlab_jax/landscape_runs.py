@@ -117,7 +117,7 @@ def run(experiment: config.Experiment, out: str | Path, echo: Callable[[str], No
            f"interpolation init -> solution max bump {float(arrays['interp_max_bump']):.3g}")
       written.append(landscape_plots.save(out, path.stem, label=label, **arrays))
     # A point's programs close over its problem, so the next point cannot reuse them, yet JAX's jit
-    # caches would keep them all (about 900 memory mappings a run: a 90-run config exhausted the
+    # caches would keep them all (about 900 memory mappings a run: a 60-run config exhausted the
     # kernel's 65,530 and crashed). The seeds of one point share them; they go when the point is done.
     jax.clear_caches()
   return written

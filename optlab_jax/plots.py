@@ -9,7 +9,8 @@ where one applies; points that share an edge share one grey line ("stability edg
 `preconditioned_lambda_max` gets `monitor.preconditioned_stability_edge`. An edge far above the
 curves would squash them, so the axis is logarithmic and clipped a decade above the data; a clipped
 edge says so in its label. A legend of more than `_INSIDE_LEGEND` entries goes beside the axes, off
-the curves, and the figure widens by the legend's width. Plots use matplotlib's object API (`Figure`, no pyplot), so no GUI backend is touched.
+the curves, and the figure widens by the legend's width. Plots use matplotlib's object API
+(`Figure`, no pyplot), so no GUI backend is touched.
 """
 
 from __future__ import annotations
