@@ -105,7 +105,7 @@ def test_a_run_that_ends_between_two_records_ends_its_trajectory_at_its_final_pa
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="counts the process's memory mappings (Linux)")
 def test_an_analysed_point_leaves_none_of_its_programs_in_memory(tmp_path):
   """A point's programs close over its own problem; kept by JAX's jit caches, they held ~900 memory
-  mappings a run (a digits MLP 64-64) until a 90-run config exhausted the kernel's limit and crashed."""
+  mappings a run (a digits MLP 64-64) until a 60-run config exhausted the kernel's limit and crashed."""
   path = tmp_path / "cfg.yaml"
   path.write_text(CONFIG.replace("seeds: [0, 1]", "seeds: [0]") + "sweep: {grid: {problem.hidden: [[4], [5]]}}\n")
   experiment = config.load(str(path))
