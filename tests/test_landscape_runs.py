@@ -114,4 +114,4 @@ def test_an_analysed_point_leaves_none_of_its_programs_in_memory(tmp_path):
   landscape_runs.run(first, tmp_path / "out", echo=lambda _: None)
   before = maps()
   landscape_runs.run(experiment, tmp_path / "out", echo=lambda _: None)  # the point not yet analysed
-  assert maps() - before < 100, maps() - before
+  assert maps() - before < 300, maps() - before  # measured 39 (+1,161 without clearing the caches)
