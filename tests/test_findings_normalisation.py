@@ -60,8 +60,9 @@ def test_batch_norm_keeps_a_deep_mlp_flatter_along_training(name):
   """Santurkar et al. (2018) at test size: four ReLU layers of 32, SGD lr 0.02 (edge 2/lr = 100, never
   reached), batch 128, 1000 steps, 3 seeds. Without normalisation λ_max grows 11–23× from step 25 to
   the last third; with BatchNorm it starts 2.4–5× higher but grows only 1.05–2.7×, and ends 0.29–0.72×
-  the plain net's in every seed (measured). The control is the early sharpness: BatchNorm's lower λ_max
-  comes from training, not from a flatter start."""
+  the plain net's in every seed (measured; 0.30–0.75 over seeds 3–6, the margin left for other CPUs'
+  rounding). The control is the early sharpness: BatchNorm's lower λ_max comes from training, not
+  from a flatter start."""
   sharpness = {}
   for norm in ("none", "batch"):
     problem = problems.build(name, hidden=(32,) * 4, norm=norm)
@@ -73,6 +74,7 @@ def test_batch_norm_keeps_a_deep_mlp_flatter_along_training(name):
         for h in histories
     ])  # [seed, (step 25, last third)]
   (plain_early, plain_late), (batch_early, batch_late) = sharpness["none"].T, sharpness["batch"].T
-  assert np.all(batch_late < 0.8 * plain_late), sharpness
+  ratio = batch_late / plain_late
+  assert np.all(ratio < 0.9) and np.median(ratio) < 0.7, sharpness
   assert np.all(batch_early > 1.5 * plain_early), sharpness  # control: BatchNorm does not start flatter
   assert np.all(plain_late / plain_early > 3 * batch_late / batch_early), sharpness
