@@ -56,6 +56,12 @@ def nbytes(tree) -> int:
              for x in jax.tree.leaves(tree))
 
 
+def blocks_of(shape: tuple[int, int], block: int | None) -> tuple[int, tuple[int, int]]:
+  """(number of blocks, block shape) of a matrix cut into blocks of at most `block` (padded at the far end)."""
+  dims = shape if block is None else tuple(min(d, block) for d in shape)
+  return int(np.prod([-(-d // b) for d, b in zip(shape, dims)])), dims
+
+
 def theory(name: str, params) -> float | None:
   """State entries / param entries from the definition (counts, keys and scalars ignored)."""
   base, block = name.split("/")[0], BLOCK if "/b" in name else None
@@ -64,12 +70,8 @@ def theory(name: str, params) -> float | None:
     total += p.size
     matrix = p.ndim == 2
     m, n = p.shape if matrix else (p.size, 1)
-    if matrix and block is not None:  # per block of bm × bn: bm² + bn² factor entries; blocks padded
-      bm, bn = min(m, block), min(n, block)
-      tiles = -(-m // bm) * -(-n // bn)
-      factors = tiles * (bm * bm + bn * bn)
-    else:
-      factors = m * m + n * n
+    tiles, (bm, bn) = blocks_of((m, n), block if matrix else None)
+    factors = tiles * (bm * bm + bn * bn)  # per block of bm × bn: bm² + bn² factor entries
     state += {
         "adam": 2 * p.size,
         "muon": p.size if matrix else 2 * p.size,
@@ -94,8 +96,7 @@ def extra_flops(name: str, params) -> float | None:
   for p in jax.tree.leaves(params):
     if p.ndim != 2 or base == "adam":
       continue
-    dims = p.shape if block is None else tuple(min(d, block) for d in p.shape)
-    tiles = int(np.prod([-(-d // b) for d, b in zip(p.shape, dims)]))  # blocks, padded at the far end
+    tiles, dims = blocks_of(p.shape, block)
     m, n = sorted(dims)
     total += tiles * {"shampoo": 4 * m * n * (m + n), "soap": 6 * m * n * (m + n), "psgd_kron": 4 * m * n * (m + n),
                       "muon": 5 * (4 * m * m * n + 2 * m ** 3)}[base]

@@ -95,8 +95,8 @@ def test_a_run_that_ends_between_two_records_ends_its_trajectory_at_its_final_pa
   cfg = config.load(str(path)).runs[0].config
   problem = config.build_problem(cfg["problem"])
   init, final, trajectory = landscape_runs._trajectory(problem, cfg, 7)
+  assert len(jax.tree.leaves(trajectory)[0]) == 4  # init, steps 7 and 14, the final step 20
   rows = np.stack([ravel_pytree(jax.tree.map(lambda x: x[i], trajectory))[0] for i in range(4)])
-  assert rows.shape[0] == len(jax.tree.leaves(trajectory)[0]) == 4  # init, steps 7 and 14, the final step 20
   np.testing.assert_array_equal(rows[0], ravel_pytree(init)[0])
   np.testing.assert_array_equal(rows[-1], ravel_pytree(sweep.refit(cfg).params)[0])
   assert not np.array_equal(rows[-1], rows[-2])
