@@ -156,3 +156,26 @@ def test_an_every_k_steps_optimizer_on_a_cnn_keeps_its_hvp_out_of_control_flow(m
   want, slow = run()
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), got, want)
   assert _convolutions_in_branches(slow) > 0 and _convolutions_in_branches(fast) == 0
+
+
+def _consume_once_lowering(platform: str, vmapped: bool = False) -> str:
+  fn = lambda x: (jnp.sum(x * x), 2.0 * x)
+  call = lambda i, x: curvature.loops.consume_once(i, fn, x)
+  if vmapped:
+    call = jax.vmap(call, in_axes=(None, 0))
+  x = jnp.ones((3, 4) if vmapped else (4,), jnp.float32)
+  return jax.jit(call).trace(jnp.int32(0), x).lower(lowering_platforms=(platform,)).as_text()
+
+
+def test_consume_once_puts_fn_behind_a_counter_branch_on_cpu_only():
+  x = jnp.arange(4.0)
+  total, doubled = jax.jit(lambda i, x: curvature.loops.consume_once(i, lambda x: (jnp.sum(x * x), 2.0 * x), x))(
+      jnp.int32(3), x)
+  assert float(total) == 14.0 and np.array_equal(doubled, 2.0 * np.arange(4.0))
+  # On CPU: a two-way branch on `counter >= 0`, fn in both arms; elsewhere fn once, no predicate.
+  cpu, cuda = _consume_once_lowering("cpu"), _consume_once_lowering("cuda")
+  assert cpu.count("stablehlo.compare GE") == 1 and cpu.count("stablehlo.reduce(") == 2
+  assert "stablehlo.compare" not in cuda and cuda.count("stablehlo.reduce(") == 1
+  # Under vmap the counter stays unbatched, so the branch is not turned into a select of both arms.
+  batched = _consume_once_lowering("cpu", vmapped=True)
+  assert batched.count("stablehlo.compare GE") == 1 and "stablehlo.select" not in batched

@@ -20,7 +20,7 @@ from jax.tree_util import Partial
 
 from optlab_jax import checks
 
-__all__ = ["LOOPS", "apply", "as_partial", "cond", "has_primitive", "is_traced", "resolve_loop"]
+__all__ = ["LOOPS", "apply", "as_partial", "cond", "consume_once", "has_primitive", "is_traced", "resolve_loop"]
 
 LOOPS = ("auto", "scan", "python")
 _CONV = "conv_general_dilated"
@@ -99,6 +99,20 @@ def cond(pred: Any, true_fn: Callable, false_fn: Callable, *operands: Any) -> An
       return fn
     return lambda *ops: jax.lax.platform_dependent(*ops, cpu=functools.partial(_host_call, fn), default=fn)
   return jax.lax.cond(pred, branch(true_fn), branch(false_fn), *operands)
+
+
+def consume_once(counter: jax.Array, fn: Callable, *operands: Any) -> Any:
+  """`fn(*operands)` with the operands computed once into memory before `fn` reads them, on CPU.
+
+  XLA CPU fuses a cheap producer into each of its consumers, so when `fn` makes several passes
+  over a matvec's output, the transposes that bring the output's leaves back to their layout run
+  in every pass, strided. Behind a conditional boundary the operands are materialised once. Both
+  branches are `fn`, so the predicate (`counter >= 0`, the loop's counter: not a constant XLA
+  could fold, nor batched by vmap, which would run both branches) only has to exist. Other
+  platforms call `fn` directly.
+  """
+  behind_branch = lambda *ops: jax.lax.cond(counter >= 0, fn, fn, *ops)
+  return jax.lax.platform_dependent(*operands, cpu=behind_branch, default=fn)
 
 
 def _host_call(fn: Callable, *operands: Any) -> Any:
