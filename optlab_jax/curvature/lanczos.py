@@ -73,7 +73,7 @@ class _State(NamedTuple):
   alphas: jax.Array   # (m,) α_j for j < i.
   betas: jax.Array    # (m,) β_j for j < i.
   scale: jax.Array    # running max of |α_j| + β_{j−1}, the size the breakdown test compares to.
-  key: jax.Array      # PRNG key for restart vectors.
+  key: jax.Array      # PRNG key for restart vectors (step i folds in i: no key work on steps that do not restart).
   omega: jax.Array    # (m + 1,) estimates of q_iᵀ q_k (Simon's recurrence); 1 at k = i, 0 past it.
   omega_prev: jax.Array  # (m + 1,) the same for q_{i−1}.
   force: jax.Array    # bool: this step re-orthogonalises (the last one did, on the recurrence's word).
@@ -137,16 +137,15 @@ def _step(state: _State, w: Any, i: jax.Array, mode: str = "partial") -> _State:
   else:
     omega, reorth, beta = state.omega, jnp.zeros([], bool), local_norm
   breakdown = beta <= _BREAKDOWN * eps * scale
-  key, sub = jax.random.split(state.key)
 
   def restart():
-    z = rademacher_like(sub, w)
+    z = rademacher_like(jax.random.fold_in(state.key, i), w)
     return B.unit(B.project_out(basis, B.project_out(basis, z)) if stored else z)
 
   q_next = jax.lax.cond(breakdown, restart, lambda: jax.tree.map(lambda x: x / beta.astype(x.dtype), w))
   beta = jnp.where(breakdown, jnp.zeros_like(beta), beta)
   omega = jnp.where(breakdown & (jnp.arange(omega.shape[0]) <= i), eps, omega)
-  return _State(basis, q_next, None if stored else state.q, beta, alphas, state.betas.at[i].set(beta), scale, key,
+  return _State(basis, q_next, None if stored else state.q, beta, alphas, state.betas.at[i].set(beta), scale, state.key,
                 omega, state.omega, reorth & ~state.force & (mode != "full"), state.passes.at[i].set(reorth))
 
 
