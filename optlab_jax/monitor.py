@@ -125,7 +125,10 @@ def _measure_shared(spec: _Spec, hess, ggn, params, grads, updates, key, loop) -
   lanczos_key, trace_key, _, ggn_key = jax.random.split(key, 4)  # the third is the preconditioned metrics'
   want, out = spec.metrics, {}
   if _NEEDS_LANCZOS & want:
-    eigs = curvature.lanczos_eigs(hess, params, lanczos_key, spec.lanczos_iters, spec.top_k, loop=loop)
+    # Ritz vectors only for the top-k fraction; the extreme values alone need no basis.
+    reorth = "partial" if "top_k_gradient_fraction" in want else "none"
+    eigs = curvature.lanczos_eigs(hess, params, lanczos_key, spec.lanczos_iters, spec.top_k, loop=loop,
+                                  reorth=reorth)
     out["lambda_max"], out["lambda_min"] = eigs.top_values[0], eigs.bottom_values[0]
     if "top_k_gradient_fraction" in want:
       coeffs = jax.vmap(lambda v: optax.tree.vdot(v, grads))(eigs.top_vectors)
@@ -141,7 +144,8 @@ def _measure_shared(spec: _Spec, hess, ggn, params, grads, updates, key, loop) -
       g_norm = optax.tree.norm(grads)
       out["gradient_correlation"] = -optax.tree.vdot(grads, updates) / (g_norm * jnp.sqrt(u_norm2))
   if "ggn_lambda_max" in want:
-    out["ggn_lambda_max"] = curvature.lanczos_eigs(ggn, params, ggn_key, spec.lanczos_iters, 1, loop=loop).top_values[0]
+    out["ggn_lambda_max"] = curvature.lanczos_eigs(ggn, params, ggn_key, spec.lanczos_iters, 1, loop=loop,
+                                                   reorth="none").top_values[0]
   if "spectral_density" in want:
     nodes, weights = curvature.slq_quadrature(hess, params, jax.random.fold_in(key, 4), spec.lanczos_iters,
                                               spec.slq_probes, loop=loop)
@@ -315,7 +319,7 @@ class Monitor:
       inv_sqrt = jax.tree.map(lambda p: 1.0 / jnp.sqrt(p), self.preconditioner(opt_state))
       scaled = Partial(_scaled_apply, hess, inv_sqrt)
       out["preconditioned_lambda_max"] = curvature.lanczos_eigs(
-          scaled, params, jax.random.split(key, 4)[2], self.lanczos_iters, 1, loop=loop).top_values[0]
+          scaled, params, jax.random.split(key, 4)[2], self.lanczos_iters, 1, loop=loop, reorth="none").top_values[0]
       if "preconditioned_eos_ratio" in want:
         out["preconditioned_eos_ratio"] = out["preconditioned_lambda_max"] / self._edge(opt_state, step, True)
     return out
@@ -362,5 +366,6 @@ def _layer_lambda_max(hess: Callable, params: Any, key: jax.Array, num_iters: in
     sub = [leaves[i] for i in block]
     iters = min(num_iters, sum(x.size for x in sub))
     matvec = Partial(_block_matvec(treedef, block), hess, params)
-    values.append(curvature.lanczos_eigs(matvec, sub, jax.random.fold_in(key, j), iters, 1, loop=loop).top_values[0])
+    values.append(curvature.lanczos_eigs(matvec, sub, jax.random.fold_in(key, j), iters, 1, loop=loop,
+                                         reorth="none").top_values[0])
   return jnp.stack(values)
